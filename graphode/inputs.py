@@ -1,0 +1,159 @@
+"""Input mappings: from a stimulus (e.g. an image) to a drive current per neuron.
+
+Every mapping is a :class:`SparseProjection` from ``F`` stimulus features to ``N`` neurons,
+``u[b, n] = Σ_f P[n, f] · x[b, f]``; they differ in how ``P`` is built:
+
+:func:`hex_retina`
+    the physically meaningful retina of the fly visual system: each photoreceptor
+    (``data.input_mask``, R1–R8) reads the image intensity at its column's position, by
+    bilinear interpolation. The hexagonal lattice is centred on the image and scaled so
+    that its outermost columns sit ``margin`` pixels inside the image border.
+:func:`random_pixels`
+    the seed tutorial's mapping: every pixel drives one uniformly random neuron.
+:class:`SparseProjection`
+    any user-supplied sparse matrix (fixed or learnable values).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SparseProjection", "hex_retina", "random_pixels", "retina_pixel_coordinates"]
+
+
+class SparseProjection(nn.Module):
+    """``u = P x`` for a sparse ``P [N, F]`` given by its non-zeros.
+
+    Args:
+        index: ``[2, K]`` LongTensor, row 0 the neuron, row 1 the feature.
+        value: ``[K]`` entries of ``P``.
+        num_nodes: N.
+        num_features: F.
+        learnable: make ``value`` a parameter.
+        gain: a scalar multiplying ``P`` (learnable with ``learnable_gain``).
+
+    Shapes:
+        forward(x ``[B, F]`` or ``[B, *feature_shape]`` with ``prod = F``) → ``[B, N]``.
+    """
+
+    def __init__(
+        self,
+        index: Tensor,
+        value: Tensor,
+        num_nodes: int,
+        num_features: int,
+        *,
+        learnable: bool = False,
+        gain: float = 1.0,
+        learnable_gain: bool = False,
+    ):
+        super().__init__()
+        index = torch.as_tensor(index, dtype=torch.long)
+        value = torch.as_tensor(value, dtype=torch.float32)
+        if index.dim() != 2 or index.size(0) != 2 or value.shape != (index.size(1),):
+            raise ValueError(f"index must be [2, K] and value [K]; got {tuple(index.shape)} and {tuple(value.shape)}")
+        if index.numel() and (index[0].min() < 0 or index[0].max() >= num_nodes):
+            raise ValueError(f"projection targets neurons outside [0, {num_nodes})")
+        if index.numel() and (index[1].min() < 0 or index[1].max() >= num_features):
+            raise ValueError(f"projection reads features outside [0, {num_features})")
+        if not torch.isfinite(value).all():
+            raise ValueError("projection values hold NaN or inf")
+        self.num_nodes, self.num_features = int(num_nodes), int(num_features)
+        self.register_buffer("index", index)
+        if learnable:
+            self.value = nn.Parameter(value)
+        else:
+            self.register_buffer("value", value)
+        g = torch.tensor(float(gain))
+        if learnable_gain:
+            self.gain = nn.Parameter(g)
+        else:
+            self.register_buffer("gain", g)
+
+    def dense(self) -> Tensor:
+        """The projection as a dense ``[N, F]`` matrix (for inspection and tests)."""
+        p = torch.zeros(self.num_nodes, self.num_features, dtype=self.value.dtype, device=self.value.device)
+        return p.index_put_((self.index[0], self.index[1]), self.value, accumulate=True) * self.gain
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.reshape(x.size(0), -1)
+        if x.size(1) != self.num_features:
+            raise ValueError(f"expected {self.num_features} stimulus features, got {x.size(1)}")
+        contrib = x.index_select(1, self.index[1]) * (self.value * self.gain).to(x.dtype)
+        out = x.new_zeros(x.size(0), self.num_nodes)
+        return out.index_add(1, self.index[0], contrib)
+
+    def extra_repr(self) -> str:
+        return f"features={self.num_features}, nodes={self.num_nodes}, nnz={self.index.size(1)}"
+
+
+def retina_pixel_coordinates(pos: Tensor, image_size: tuple[int, int], margin: float = 1.0) -> Tensor:
+    """Pixel coordinates ``(row, col)`` ``[K, 2]`` of lattice positions ``pos [K, 2]``.
+
+    The lattice is centred on the image; its farthest position lands ``margin`` pixels
+    inside the nearest border. Image rows grow downwards, lattice y upwards.
+    """
+    h, w = image_size
+    centre = pos.mean(0) if pos.numel() else torch.zeros(2)
+    rel = pos - centre
+    radius = float(rel.norm(dim=1).max()) if rel.numel() else 0.0
+    half = min(h, w) / 2.0 - 0.5 - margin
+    scale = half / radius if radius > 0 else 0.0
+    row = (h - 1) / 2.0 - rel[:, 1] * scale
+    col = (w - 1) / 2.0 + rel[:, 0] * scale
+    return torch.stack([row, col], dim=1)
+
+
+def _bilinear(coords: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """For each point ``[K, 2]`` (row, col): its 4 neighbour pixels' flat indices and weights.
+
+    Returns ``(point [4K], pixel [4K], weight [4K])``; points outside the image are clamped.
+    """
+    h, w = image_size
+    r = coords[:, 0].clamp(0, h - 1)
+    c = coords[:, 1].clamp(0, w - 1)
+    r0, c0 = r.floor().clamp(max=h - 2).long(), c.floor().clamp(max=w - 2).long()
+    fr, fc = r - r0, c - c0
+    point = torch.arange(coords.size(0)).repeat(4)
+    pixel = torch.cat([r0 * w + c0, r0 * w + c0 + 1, (r0 + 1) * w + c0, (r0 + 1) * w + c0 + 1])
+    weight = torch.cat([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc])
+    return point, pixel, weight
+
+
+def hex_retina(
+    data, image_size: tuple[int, int] = (28, 28), *, margin: float = 1.0, gain: float = 1.0, learnable_gain: bool = False
+) -> SparseProjection:
+    """Project images onto the photoreceptors of a hexagonal-lattice connectome.
+
+    Each input neuron (``data.input_mask``) at Cartesian position ``data.pos`` reads the
+    bilinearly interpolated pixel under it; photoreceptors of one column read the same value.
+
+    Args:
+        data: connectome with ``pos [N, 2]`` and ``input_mask [N]``.
+        image_size: ``(H, W)``.
+        margin: pixels between the outermost column and the image border.
+        gain: drive per unit intensity.
+    Returns:
+        :class:`SparseProjection` from ``H·W`` pixels to ``N`` neurons.
+    """
+    if getattr(data, "pos", None) is None or getattr(data, "input_mask", None) is None:
+        raise ValueError("hex_retina needs data.pos and data.input_mask (e.g. fly_visual_system())")
+    neurons = torch.nonzero(data.input_mask).flatten()
+    if neurons.numel() == 0:
+        raise ValueError("data.input_mask selects no neurons")
+    coords = retina_pixel_coordinates(data.pos[neurons].float(), image_size, margin)
+    point, pixel, weight = _bilinear(coords, image_size)
+    keep = weight > 0
+    index = torch.stack([neurons[point[keep]], pixel[keep]])
+    return SparseProjection(
+        index, weight[keep], int(data.num_nodes), image_size[0] * image_size[1], gain=gain, learnable_gain=learnable_gain
+    )
+
+
+def random_pixels(data, num_pixels: int = 784, *, seed: int = 0, gain: float = 1.0) -> SparseProjection:
+    """The seed tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1."""
+    gen = torch.Generator().manual_seed(seed)
+    neurons = torch.randint(int(data.num_nodes), (num_pixels,), generator=gen)
+    index = torch.stack([neurons, torch.arange(num_pixels)])
+    return SparseProjection(index, torch.ones(num_pixels), int(data.num_nodes), num_pixels, gain=gain)

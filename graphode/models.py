@@ -1,0 +1,183 @@
+"""Connectome classifier: input mapping → neuron dynamics (ODE) → readout.
+
+:class:`ConnectomeClassifier` is the whole model of a task such as "MNIST through the fly
+visual system": an image is mapped to a drive current per neuron
+(:mod:`graphode.inputs`), the network is simulated from rest with that constant drive
+(:mod:`graphode.dynamics`, :func:`graphode.solve.solve`), ``num_records`` snapshots of the
+activity are recorded, and a readout (:mod:`graphode.readout`) turns them into logits.
+
+A model is fully described by its config (``to_config`` / ``from_config``), which names the
+connectome (``{"name": "fly_visual_system", "extent": 4}``, ``{"name": "random", ...}`` or
+``{"path": "edges.csv", ...load_connectome options}``) instead of holding the graph.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from .dynamics import ConnectomeDynamics
+from .inputs import SparseProjection, hex_retina, random_pixels
+from .readout import LinearReadout, PooledReadout
+from .solve import Solution, solve
+from .transforms import DegreePreservingShuffle
+
+__all__ = ["ConnectomeClassifier", "build_connectome", "DEFAULT_CONFIG"]
+
+
+def build_connectome(spec: dict[str, Any]) -> Data:
+    """Build the connectome named by ``spec``.
+
+    ``{"name": "fly_visual_system", "extent": 4}``, ``{"name": "random", "num_nodes": ...,
+    "num_edges": ..., ...}`` or ``{"path": ..., **load_connectome options}``; add
+    ``"shuffle": seed`` for a degree-preserving shuffle of it (the ablation control).
+    """
+    spec = dict(spec)
+    shuffle = spec.pop("shuffle", None)
+    if "path" in spec:
+        from .connectome import load_connectome
+
+        data = load_connectome(spec.pop("path"), **spec)
+    else:
+        name = spec.pop("name", None)
+        if name in ("fly_visual_system", "flyvis", "fly"):
+            from .flyvis import fly_visual_system
+
+            data = fly_visual_system(**spec)
+        elif name == "random":
+            from .synthetic import random_connectome
+
+            data = random_connectome(**spec)
+        else:
+            raise ValueError(f"unknown connectome {name!r}: use 'fly_visual_system', 'random' or a path")
+    if shuffle is not None:
+        data = DegreePreservingShuffle(seed=int(shuffle))(data)
+    return data
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "connectome": {"name": "fly_visual_system", "extent": 4},
+    "num_classes": 10,
+    "image_size": (28, 28),
+    "input": "retina",  # retina | random
+    "input_gain": 1.0,
+    "readout": "pooled",  # pooled | linear
+    "aggr": "mean",
+    "hidden": 64,
+    "num_records": 4,
+    "t_end": 1.0,
+    "activation": "relu",
+    "backend": "auto",
+    "weights": "per_edge",
+    "gain": 1.0,
+    "tau": 0.2,
+    "bias": 0.5,
+    "recurrent": True,
+    "method": "dopri5",
+    "rtol": 1e-3,
+    "atol": 1e-3,
+    "dt0": None,
+    "max_steps": 1000,
+    "gradient": "autodiff",
+    "checkpoints": 4,
+}
+
+
+class ConnectomeClassifier(nn.Module):
+    """Classify stimuli by simulating a connectome and reading out its activity.
+
+    Args:
+        data: the connectome ``Data`` (graphode layout; the retina input needs ``pos`` and
+            ``input_mask``, the pooled readout ``output_mask`` and ``cell_type``).
+        config: overrides of :data:`DEFAULT_CONFIG` (see there for the keys).
+
+    Shapes:
+        forward(images ``[B, H, W]`` or ``[B, F]``) → logits ``[B, C]``.
+    """
+
+    def __init__(self, data: Data, **config: Any):
+        super().__init__()
+        unknown = set(config) - set(DEFAULT_CONFIG)
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(DEFAULT_CONFIG)}")
+        cfg = copy.deepcopy(DEFAULT_CONFIG)
+        cfg["connectome"] = None  # unknown unless the caller names it (from_config does)
+        cfg.update(config)
+        cfg["image_size"] = tuple(cfg["image_size"])
+        self.config = cfg
+        n = int(data.num_nodes)
+        self.num_nodes = n
+        self.input_map = self._make_input(data, cfg)
+        self.dynamics = ConnectomeDynamics(
+            data,
+            activation=cfg["activation"],
+            backend=cfg["backend"],
+            weights=cfg["weights"],
+            gain=cfg["gain"],
+            tau=cfg["tau"],
+            bias=cfg["bias"],
+            recurrent=cfg["recurrent"],
+        )
+        for key in ("output_mask", "cell_type"):
+            if getattr(data, key, None) is None and cfg["readout"] == "pooled":
+                raise ValueError(f"the pooled readout needs data.{key}")
+        self.register_buffer("output_mask", getattr(data, "output_mask", torch.ones(n, dtype=torch.bool)))
+        self.register_buffer("cell_type", getattr(data, "cell_type", torch.zeros(n, dtype=torch.long)))
+        self.register_buffer("pos", getattr(data, "pos", None))
+        r = int(cfg["num_records"])
+        if r < 1:
+            raise ValueError("num_records must be >= 1")
+        self.register_buffer("t_eval", torch.linspace(cfg["t_end"] / r, cfg["t_end"], r))
+        if cfg["readout"] == "pooled":
+            self.readout = PooledReadout(
+                r, cfg["num_classes"], int(self.cell_type.max()) + 1, hidden=cfg["hidden"], aggr=cfg["aggr"],
+                num_frequencies=6 if self.pos is not None else 0,
+            )
+        elif cfg["readout"] == "linear":
+            self.readout = LinearReadout(n, cfg["num_classes"])
+        else:
+            raise ValueError(f"unknown readout {cfg['readout']!r}; choose pooled or linear")
+        self.last_solution: Solution | None = None
+
+    @staticmethod
+    def _make_input(data: Data, cfg: dict[str, Any]) -> SparseProjection:
+        if cfg["input"] == "retina":
+            return hex_retina(data, cfg["image_size"], gain=cfg["input_gain"])
+        if cfg["input"] == "random":
+            h, w = cfg["image_size"]
+            return random_pixels(data, h * w, gain=cfg["input_gain"])
+        raise ValueError(f"unknown input mapping {cfg['input']!r}; choose retina or random")
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "ConnectomeClassifier":
+        """Rebuild a model (untrained) from :meth:`to_config`'s output."""
+        config = copy.deepcopy(config)
+        if not config.get("connectome"):
+            raise ValueError("config['connectome'] must name the connectome, e.g. {'name': 'fly_visual_system', 'extent': 4}")
+        return cls(build_connectome(config["connectome"]), **config)
+
+    def to_config(self) -> dict[str, Any]:
+        cfg = copy.deepcopy(self.config)
+        cfg["image_size"] = list(cfg["image_size"])
+        return cfg
+
+    def simulate(self, images: Tensor, t_eval: Tensor | None = None) -> Solution:
+        """Run the network on ``images [B, ...]``; returns the solution at ``t_eval``."""
+        cfg = self.config
+        drive = self.input_map(images.to(self.t_eval.dtype))
+        v0 = drive.new_zeros(drive.size(0), self.num_nodes)
+        return solve(
+            self.dynamics, v0, (0.0, cfg["t_end"]), args=(drive,),
+            t_eval=self.t_eval if t_eval is None else t_eval,
+            method=cfg["method"], rtol=cfg["rtol"], atol=cfg["atol"], dt0=cfg["dt0"],
+            max_steps=cfg["max_steps"], gradient=cfg["gradient"], checkpoints=cfg["checkpoints"],
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        sol = self.simulate(images)
+        self.last_solution = sol
+        return self.readout(sol.ys, self.output_mask, self.cell_type, self.pos)

@@ -1,0 +1,142 @@
+"""Readouts: from recorded neuron activity to class logits.
+
+:class:`PooledReadout` is a graph-level readout in PyG's style. Each output neuron ``m``
+(``output_mask``) is encoded from its recorded activity ``a_m [R]`` (R samples in time),
+its cell type and its position::
+
+    h_m = (W_a a_m) ⊙ tanh(W_c [emb(type_m), fourier(pos_m)])      [H]
+
+so the context decides, per neuron, which activity features count and with what sign.
+The ``h_m`` are aggregated over the output neurons of each graph with a
+``torch_geometric.nn.aggr`` module (``sum``, ``mean``, ``max`` or ``attention``), using the
+``batch`` vector when several graphs are batched, and an MLP maps the result to logits.
+
+:class:`LinearReadout` is the seed tutorial's readout, for comparison: the final state of
+every neuron, flattened, through ``Linear(N, 256) → ReLU → Dropout(0.5) → Linear(256, C)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import aggr as pyg_aggr
+
+__all__ = ["PooledReadout", "LinearReadout", "fourier_features"]
+
+
+def fourier_features(pos: Tensor, num_frequencies: int) -> Tensor:
+    """``[M, 2]`` positions → ``[M, 4·num_frequencies]`` sines and cosines at octave scales.
+
+    Positions are scaled to ``[-1, 1]`` by their largest absolute coordinate first.
+    """
+    scale = pos.abs().max().clamp_min(1e-6)
+    p = pos / scale
+    freqs = (2.0 ** torch.arange(num_frequencies, dtype=p.dtype, device=p.device)) * math.pi / 2
+    ang = p.unsqueeze(-1) * freqs  # [M, 2, K]
+    return torch.cat([ang.sin(), ang.cos()], dim=-1).flatten(1)
+
+
+def _make_aggr(name: str, hidden: int) -> pyg_aggr.Aggregation:
+    if name == "sum":
+        return pyg_aggr.SumAggregation()
+    if name == "mean":
+        return pyg_aggr.MeanAggregation()
+    if name == "max":
+        return pyg_aggr.MaxAggregation()
+    if name == "attention":
+        return pyg_aggr.AttentionalAggregation(gate_nn=nn.Linear(hidden, 1))
+    raise ValueError(f"unknown aggregation {name!r}; choose sum, mean, max or attention")
+
+
+class PooledReadout(nn.Module):
+    """Per-neuron encoder + PyG aggregation over output neurons + MLP.
+
+    Args:
+        num_records: R, activity samples per neuron.
+        num_classes: C.
+        num_cell_types: size of the cell-type embedding table.
+        hidden: H, encoder width.
+        type_dim: cell-type embedding width.
+        num_frequencies: Fourier frequencies of the position encoding (0: no positions).
+        aggr: ``sum``, ``mean``, ``max`` or ``attention``.
+        dropout: dropout before the final layer.
+
+    Shapes:
+        forward(states ``[B, R, N]``, output_mask ``[N]``, cell_type ``[N]``, pos ``[N, 2]``
+        or None, batch ``[N]`` or None, num_graphs) → logits ``[B, C]``, or
+        ``[B·G, C]`` (sample-major) when ``batch`` describes ``G`` graphs.
+    """
+
+    def __init__(
+        self,
+        num_records: int,
+        num_classes: int,
+        num_cell_types: int,
+        *,
+        hidden: int = 64,
+        type_dim: int = 16,
+        num_frequencies: int = 6,
+        aggr: str = "sum",
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.num_frequencies = num_frequencies
+        self.type_embedding = nn.Embedding(num_cell_types, type_dim)
+        self.activity = nn.Linear(num_records, hidden)
+        self.context = nn.Linear(type_dim + 4 * num_frequencies, hidden)
+        self.aggr_name = aggr
+        self.aggr = _make_aggr(aggr, hidden)
+        self.head = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+
+    def encode(self, activity: Tensor, cell_type: Tensor, pos: Tensor | None) -> Tensor:
+        """``activity [B, M, R]`` → per-neuron features ``[B, M, H]``."""
+        ctx = [self.type_embedding(cell_type)]
+        if self.num_frequencies:
+            if pos is None:
+                raise ValueError("this readout uses positions: pass pos (or num_frequencies=0)")
+            ctx.append(fourier_features(pos.to(activity.dtype), self.num_frequencies))
+        gate = torch.tanh(self.context(torch.cat(ctx, dim=-1)))  # [M, H]
+        return self.activity(activity) * gate
+
+    def forward(
+        self,
+        states: Tensor,
+        output_mask: Tensor,
+        cell_type: Tensor,
+        pos: Tensor | None = None,
+        batch: Tensor | None = None,
+        num_graphs: int | None = None,
+    ) -> Tensor:
+        if states.dim() != 3:
+            raise ValueError(f"states must be [B, R, N], got {tuple(states.shape)}")
+        idx = torch.nonzero(output_mask).flatten()
+        if idx.numel() == 0:
+            raise ValueError("output_mask selects no neurons")
+        activity = states.index_select(2, idx).transpose(1, 2)  # [B, M, R]
+        h = self.encode(activity, cell_type[idx], None if pos is None else pos[idx])
+        if batch is None:
+            pooled = self.aggr(h, index=torch.zeros_like(idx), dim_size=1, dim=1).squeeze(1)  # [B, H]
+        else:
+            g = int(num_graphs if num_graphs is not None else int(batch.max()) + 1)
+            pooled = self.aggr(h, index=batch[idx], dim_size=g, dim=1).reshape(-1, h.size(-1))
+        return self.head(pooled)
+
+
+class LinearReadout(nn.Module):
+    """The seed tutorial's readout over the final state of all neurons.
+
+    Shapes: forward(states ``[B, R, N]``, ...) → ``[B, C]`` (uses ``states[:, -1]``).
+    """
+
+    def __init__(self, num_nodes: int, num_classes: int, hidden: int = 256, dropout: float = 0.5):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(num_nodes, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, states: Tensor, *unused, **unused_kw) -> Tensor:
+        return self.net(states[:, -1])
