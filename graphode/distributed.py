@@ -27,7 +27,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-__all__ = ["DistributedContext", "all_reduce_sum"]
+__all__ = ["DistributedContext", "all_reduce_sum", "all_reduce_max", "sync_sum", "is_distributed"]
 
 
 @dataclass
@@ -41,20 +41,29 @@ class DistributedContext:
     enabled: bool = False
 
     @classmethod
-    def from_env(cls, backend: str | None = None) -> "DistributedContext":
+    def from_env(cls, backend: str | None = None, device: str = "auto") -> "DistributedContext":
+        """Read ``torchrun``'s environment; with ``WORLD_SIZE > 1`` initialise the process group.
+
+        ``device``: ``auto`` (one GPU per process, ``cuda:LOCAL_RANK``, when CUDA is
+        available, else CPU), ``cuda`` / ``cuda:K`` (always ``cuda:LOCAL_RANK``) or ``cpu``.
+        The backend defaults to NCCL on GPUs and gloo on CPU.
+        """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = torch.cuda.is_available() and backend != "gloo"
+        if device == "auto":
+            use_cuda = torch.cuda.is_available() and backend != "gloo"
+        else:
+            use_cuda = torch.device(device).type == "cuda"
         if use_cuda:
             torch.cuda.set_device(local_rank)
-            device = torch.device("cuda", local_rank)
+            dev = torch.device("cuda", local_rank)
         else:
-            device = torch.device("cpu")
+            dev = torch.device("cpu")
         if not torch_dist.is_initialized():
             torch_dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
-        return cls(rank=rank, world_size=world_size, local_rank=local_rank, device=device, enabled=True)
+        return cls(rank=rank, world_size=world_size, local_rank=local_rank, device=dev, enabled=True)
 
     @property
     def is_main(self) -> bool:
@@ -71,6 +80,14 @@ class DistributedContext:
         if self.is_main:
             print(*args, **kwargs, flush=True)
 
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every process (any picklable object; ``obj`` itself when alone)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()
@@ -80,9 +97,50 @@ class DistributedContext:
             torch_dist.destroy_process_group()
 
 
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over all processes (a no-op without a process group)."""
+    """Sum ``t`` over all processes (a no-op without a process group); not differentiable."""
     if torch_dist.is_available() and torch_dist.is_initialized():
-        t = t.clone()
+        t = t.clone(memory_format=torch.contiguous_format)
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` over all processes (a no-op without a process group)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        t = t.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return t
+
+
+class _SyncSum(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the incoming gradient, as in SyncBatchNorm.
+
+    With DDP averaging parameter gradients over ``W`` processes, this gives every process's
+    inputs the gradient of the mean of all processes' losses.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
+        return grad
+
+
+def sync_sum(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum of ``t`` over all processes; ``t`` itself without a process group.
+
+    Every process must call it the same number of times in the same order (a collective).
+    """
+    return _SyncSum.apply(t) if is_distributed() else t

@@ -148,12 +148,12 @@ class SparseGraph:
     def csr(self, w_sorted: Tensor) -> Tensor:
         """torch sparse CSR matrix ``[N, N]`` with ``A[dst, src] = w``."""
         n = self.num_nodes
-        return torch.sparse_csr_tensor(self.rowptr, self.src, w_sorted, (n, n))
+        return torch.sparse_csr_tensor(self.rowptr, self.src, w_sorted, (n, n), check_invariants=False)
 
     def csr_transposed(self, w_sorted: Tensor) -> Tensor:
         """torch sparse CSR of ``Aᵀ`` ``[N, N]``."""
         n = self.num_nodes
-        return torch.sparse_csr_tensor(self.colptr, self.t_row, w_sorted[self.t_perm], (n, n))
+        return torch.sparse_csr_tensor(self.colptr, self.t_row, w_sorted[self.t_perm], (n, n), check_invariants=False)
 
 
 def _ptr(sorted_index: Tensor, n: int) -> Tensor:

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from .models import DEFAULT_CONFIG, ConnectomeClassifier
@@ -49,6 +49,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     epochs: int = 1
     lr: float = 3e-3
+    dynamics_lr: float | None = None  # learning rate of synapses, tau and bias (default: lr)
     weight_decay: float = 0.0
     device: str = "auto"
     seed: int = 0
@@ -85,6 +86,9 @@ def load_dataset(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset]:
         xte, yte = synthetic_digits(cfg.test_limit or 500, seed=cfg.seed + 1)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; choose mnist or synthetic")
+    for split, x in (("train", xtr), ("test", xte)):
+        if len(x) == 0:
+            raise ValueError(f"the {split} split of {cfg.dataset!r} is empty (limit={getattr(cfg, split + '_limit')})")
     return TensorDataset(xtr, ytr), TensorDataset(xte, yte)
 
 
@@ -141,16 +145,22 @@ def evaluate(model: ConnectomeClassifier, loader: DataLoader, device: torch.devi
 # -- the loop -------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate every epoch, checkpoint; returns the final metrics and history."""
-    from .distributed import DistributedContext, all_reduce_sum
+    from .distributed import DistributedContext, all_reduce_max, all_reduce_sum
 
-    dist = DistributedContext.from_env()
+    dist = DistributedContext.from_env(device=cfg.device)
     device = dist.device if dist.enabled else _device(cfg.device)
     out_dir = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config()
     model = ConnectomeClassifier.from_config(model_cfg).to(device)
     net = dist.wrap(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dynamics_params = list(model.dynamics.parameters())
+    dyn_ids = {id(p) for p in dynamics_params}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in dyn_ids]},
+        {"params": dynamics_params, "lr": cfg.dynamics_lr if cfg.dynamics_lr is not None else cfg.lr},
+    ]
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     train_set, test_set = load_dataset(cfg)
     if cfg.batch_size % dist.world_size:
@@ -158,15 +168,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # DistributedSampler with one replica is a seeded per-epoch shuffle: resume is exact.
     sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size // dist.world_size, sampler=sampler)
-    test_sampler = DistributedSampler(test_set, num_replicas=dist.world_size, rank=dist.rank, shuffle=False)
-    test_loader = DataLoader(test_set, batch_size=cfg.eval_batch_size, sampler=test_sampler)
+    if len(train_set) % dist.world_size:
+        dist.print(f"warning: {len(train_set)} training samples do not split evenly over {dist.world_size} processes; "
+                   "DistributedSampler repeats a few to pad, so results differ slightly from one process")
+    # Every test sample exactly once (DistributedSampler would pad with repeats); eval-mode
+    # outputs do not depend on batch mates, so the sums over processes are the full test set's.
+    test_loader = DataLoader(Subset(test_set, range(dist.rank, len(test_set), dist.world_size)), batch_size=cfg.eval_batch_size)
 
     history: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     start_epoch = 0
     ckpt_path = out_dir / "checkpoint.pt"
-    if cfg.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+    # Rank 0 reads the checkpoint and sends it to the others: no shared file system needed.
+    state = load_checkpoint(ckpt_path) if cfg.resume and dist.is_main and ckpt_path.exists() else None
+    state = dist.broadcast(state) if cfg.resume else None
+    if state is not None:
         if state["model_config"] != model.to_config():
             raise ValueError(f"{ckpt_path} was written by a different model config; use another out_dir")
         model.load_state_dict(state["model"])
@@ -179,23 +195,32 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64, device=device)
-        f_evals = 0
+        local: list[torch.Tensor] = []  # per step: loss sum, correct, count, f_evals (this process)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dist.is_main))
         for images, labels in bar:
             images, labels = images.to(device), labels.to(device)
             logits = net(images)
             loss = F.cross_entropy(logits, labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}, step {len(steps) + 1}")
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch + 1}, step {len(steps) + len(local) + 1}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             correct = (logits.argmax(1) == labels).sum()
-            totals += torch.stack([loss.detach().double() * labels.numel(), correct.double(), torch.tensor(labels.numel(), dtype=torch.float64, device=device)])
-            f_evals += model.last_solution.stats.n_f_evals
-            steps.append({"step": len(steps) + 1, "epoch": epoch + 1, "loss": float(loss), "accuracy": float(correct) / labels.numel()})
+            step_row = torch.stack([loss.detach().double() * labels.numel(), correct.double(), torch.tensor(labels.numel(), dtype=torch.float64, device=device)])
+            totals += step_row  # this process's shard: the progress bar only
+            local.append(torch.cat([step_row, step_row.new_tensor([model.last_solution.stats.n_f_evals])]))
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}", nfe=model.last_solution.stats.n_f_evals)
-        totals = all_reduce_sum(totals)
+        # Metrics of the global batches: sums over processes (every process takes the same
+        # number of steps); the solver work of a step is the largest of any process, as
+        # the step count of a batch is the largest of its samples.
+        local_t = torch.stack(local) if local else torch.zeros(0, 4, dtype=torch.float64, device=device)
+        per_step = all_reduce_sum(local_t[:, :3]).cpu()
+        nfe = all_reduce_max(local_t[:, 3]).cpu()
+        for loss_sum, correct, count in per_step.tolist():
+            steps.append({"step": len(steps) + 1, "epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count})
+        totals = per_step.sum(0)
+        f_evals = float(nfe.sum())
         test = evaluate(model, test_loader, device)
         row = {
             "epoch": epoch + 1,
