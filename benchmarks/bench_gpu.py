@@ -287,6 +287,7 @@ def main() -> None:
     readout = torch.nn.Sequential(torch.nn.Linear(n, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).cuda()
     seed = seed_style_step(fly, images, labels, readout, args.rtol, args.atol, backprop_step_control=True)
     step_rows.append(("seed-style model, as the seed runs it (torch sparse autograd, backprop through step control)", seed))
+    print("step", step_rows[-1], flush=True)
     torch.cuda.empty_cache()
     field = SeedStyleField(fly).cuda()
     for backend in ("csr",):
@@ -296,6 +297,7 @@ def main() -> None:
         proj.index[0] = field.pix_to
         res = graphode_step(fly, images, labels, readout, dyn, proj, args.rtol, args.atol, "autodiff")
         step_rows.append((f"seed-style model run by graphode (autodiff, backend={backend})", res))
+        print("step", step_rows[-1], flush=True)
         torch.cuda.empty_cache()
     from graphode.inputs import hex_retina
 
@@ -305,6 +307,7 @@ def main() -> None:
         retina = hex_retina(fly_cuda).cuda()
         res = graphode_step(fly_cuda, images, labels, readout, dyn, retina, args.rtol, args.atol, gradient)
         step_rows.append((f"graphode model (signed, normalised, relu), gradient={gradient}", res))
+        print("step", step_rows[-1], flush=True)
         torch.cuda.empty_cache()
     emit(f"\n## Training step at fly visual system scale (Dopri5 rtol = {args.rtol}, atol = {args.atol}, B = {b})\n")
     emit("| run | seconds / step | speed-up vs seed | function evals (fwd+bwd) | peak GB |")

@@ -22,6 +22,10 @@ VARIANTS = {
     "lr=1e-2": {"lr": 1e-2},
     "readout=linear (seed's)": {"model": {"readout": "linear"}},
     "input=random (seed's)": {"model": {"input": "random"}},
+    "lr=1e-2, per_edge_type": {"lr": 1e-2, "model": {"weights": "per_edge_type"}},
+    "lr=1e-2, per_edge_type, batch 32": {"lr": 1e-2, "batch_size": 32, "model": {"weights": "per_edge_type"}},
+    "lr=1e-2, per_edge_type, extent 6": {"lr": 1e-2, "model": {"weights": "per_edge_type", "connectome": {"name": "fly_visual_system", "extent": 6}}},
+    "lr=1e-2, extent 6": {"lr": 1e-2, "model": {"connectome": {"name": "fly_visual_system", "extent": 6}}},
 }
 
 

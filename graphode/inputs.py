@@ -139,10 +139,11 @@ def hex_retina(
     """
     if getattr(data, "pos", None) is None or getattr(data, "input_mask", None) is None:
         raise ValueError("hex_retina needs data.pos and data.input_mask (e.g. fly_visual_system())")
-    neurons = torch.nonzero(data.input_mask).flatten()
+    # The projection is built on the CPU (a one-off) and moved with the model.
+    neurons = torch.nonzero(data.input_mask.cpu()).flatten()
     if neurons.numel() == 0:
         raise ValueError("data.input_mask selects no neurons")
-    coords = retina_pixel_coordinates(data.pos[neurons].float(), image_size, margin)
+    coords = retina_pixel_coordinates(data.pos.cpu()[neurons].float(), image_size, margin)
     point, pixel, weight = _bilinear(coords, image_size)
     keep = weight > 0
     index = torch.stack([neurons[point[keep]], pixel[keep]])
