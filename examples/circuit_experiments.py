@@ -41,9 +41,9 @@ from matplotlib.figure import Figure
 from graphode import ConnectomeDynamics, Stimulus, fly_visual_system, hex_retina
 from graphode.experiments import (
     Drive,
+    Recording,
     Silence,
     lesion_scan,
-    Recording,
     perturb,
     plot_lesions,
     select_neurons,
@@ -59,7 +59,8 @@ SOLVER = dict(rtol=1e-4, atol=1e-5)
 
 
 def disc_image(size: int = 28, radius: float = 7.0) -> torch.Tensor:
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    grid = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
     c = (size - 1) / 2
     return (((yy - c) ** 2 + (xx - c) ** 2) <= radius**2).float().unsqueeze(0)  # [1, H, W]
 
@@ -212,7 +213,8 @@ def main(argv=None) -> None:
     print(table.loc[[t for t in TRACE_TYPES if t in table.index], list(conditions)].round(3).to_string())
     print("\nlesion scan (central Mi1/Tm3 flash response):")
     print(lesions[["group", "n_neurons", "value", "delta"]].round(4).to_string(index=False))
-    print(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} to {out} in {time.perf_counter() - t_start:.1f} s")
+    files = ", ".join(sorted(p.name for p in out.iterdir()))
+    print(f"\nwrote {files} to {out} in {time.perf_counter() - t_start:.1f} s")
 
 
 if __name__ == "__main__":

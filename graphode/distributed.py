@@ -27,7 +27,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-__all__ = ["DistributedContext", "all_reduce_sum", "all_reduce_max", "sync_sum", "is_distributed"]
+__all__ = ["DistributedContext", "all_reduce_sum", "all_reduce_max", "is_distributed"]
 
 
 @dataclass
@@ -118,29 +118,4 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class _SyncSum(torch.autograd.Function):
-    """All-reduce (sum) whose backward all-reduces the incoming gradient, as in SyncBatchNorm.
 
-    With DDP averaging parameter gradients over ``W`` processes, this gives every process's
-    inputs the gradient of the mean of all processes' losses.
-    """
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        t = t.clone(memory_format=torch.contiguous_format)
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
-        return t
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
-        return grad
-
-
-def sync_sum(t: torch.Tensor) -> torch.Tensor:
-    """Differentiable sum of ``t`` over all processes; ``t`` itself without a process group.
-
-    Every process must call it the same number of times in the same order (a collective).
-    """
-    return _SyncSum.apply(t) if is_distributed() else t

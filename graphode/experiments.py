@@ -35,9 +35,13 @@ Perturbations (all reversible, all composable, several at once)
 
     Apply them for a block with ``with perturb(dynamics, Silence(m1), Drive(m2, 0.5)):``
     (or ``with silence(dynamics, mask):``), or persistently with ``handle = p.apply(model)``
-    and ``handle.remove()`` — e.g. to train a network with a lesion. They are PyTorch
-    module hooks, so they act in every :func:`~graphode.solve.solve` of the dynamics,
-    including ``ConnectomeClassifier.forward``.
+    and ``handle.remove()`` — e.g. to train a network with a lesion — or for one solve
+    with ``simulate(..., perturbations=[...])``. They are PyTorch module hooks (no change
+    to :mod:`graphode.dynamics`), so they act in every :func:`~graphode.solve.solve` of the
+    dynamics, including ``ConnectomeClassifier.forward``. With ``gradient="checkpoint"`` or
+    ``"adjoint"`` the backward pass evaluates the vector field again: run ``backward()``
+    while the perturbation is applied, or use ``simulate(perturbations=...)``, which binds
+    the perturbations into the solved field.
 
 Recording
     :func:`simulate` solves the (perturbed) dynamics; :func:`record` returns a
@@ -49,8 +53,9 @@ Lesion experiments
     :func:`lesion_scan` silences each group in turn, evaluates a user metric, restores the
     network and returns a tidy table; :func:`plot_lesions` draws it as a bar chart (PNG).
 
-Example::
+Example (``examples/circuit_experiments.py`` is a complete one)::
 
+    import torch
     from graphode import fly_visual_system, ConnectomeDynamics
     from graphode.experiments import (select_neurons, Silence, Drive, perturb, record,
                                       lesion_scan, plot_lesions)
@@ -74,7 +79,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -255,7 +260,8 @@ def select_neurons(
         elif getattr(data, "node_names", None) is not None:
             names = _flat_names(data.node_names)
             q = {str(i) for i in wanted}
-            missing = [i for i in wanted if str(i) not in set(names)]
+            known_names = set(names)
+            missing = [i for i in wanted if str(i) not in known_names]
             if missing:
                 raise ValueError(f"ids: {len(missing)} id(s) not in the graph: {_show(missing)}")
             sel = torch.tensor([nm in q for nm in names], dtype=torch.bool)
@@ -366,7 +372,9 @@ class PulseTrain:
 
     def __init__(self, values: Tensor, times: Tensor, dt: float):
         if values.dim() != 3 or times.dim() != 1 or times.numel() != values.size(1):
-            raise ValueError(f"PulseTrain needs values [B, S, K] and times [S]; got {tuple(values.shape)}, {tuple(times.shape)}")
+            raise ValueError(
+                f"PulseTrain needs values [B, S, K] and times [S]; got {tuple(values.shape)}, {tuple(times.shape)}"
+            )
         self.values, self.times, self.dt = values, times, float(dt)
 
     def tensors(self) -> tuple[Tensor, ...]:
@@ -454,20 +462,18 @@ class _SilenceHook:
 
     def __init__(self, node_gain: Tensor):
         self.node_gain = node_gain
+        self._cast: dict = {}
 
     def __call__(self, module, args, kwargs):
         args = list(args)
-        if "edge_weight" in kwargs:
-            w = kwargs["edge_weight"]
-        elif len(args) > 2:
-            w = args[2]
-        else:
-            return None
-        ei = kwargs["edge_index"] if "edge_index" in kwargs else args[1]
+        w = kwargs["edge_weight"] if "edge_weight" in kwargs else (args[2] if len(args) > 2 else None)
+        ei = kwargs["edge_index"] if "edge_index" in kwargs else (args[1] if len(args) > 1 else None)
         if w is None or not isinstance(ei, Tensor):
             raise TypeError("Silence needs the conv to be called with an edge_index tensor and edge weights")
-        g = self.node_gain.to(device=w.device, dtype=w.dtype)
-        w = w * g[ei[0]]
+        key = (w.device, w.dtype)
+        if key not in self._cast:
+            self._cast[key] = self.node_gain.to(device=w.device, dtype=w.dtype)
+        w = w * self._cast[key][ei[0]]
         if "edge_weight" in kwargs:
             kwargs["edge_weight"] = w
         else:
@@ -551,7 +557,8 @@ class Clamp(Perturbation):
     the clamped neurons' own derivative is 0 (``tau=None``) — :func:`simulate` then starts
     them at ``value(t0)`` and reports ``value(t)`` at every output time — or
     ``(value(t) − v)/tau`` (``tau > 0``: the state itself follows the command, useful when
-    the solve is run by code that reads the raw state, such as a classifier's readout).
+    the solve is run by code that reads the raw state, such as a classifier's readout;
+    :func:`simulate` starts it at ``value(t0)`` and reports the state).
     """
 
     def __init__(self, neurons, value, tau: float | None = None):
@@ -660,6 +667,10 @@ def perturb(target, *perturbations: Perturbation) -> Iterator[ConnectomeDynamics
 
     ``target`` is a ConnectomeDynamics or a model with ``.dynamics``; everything is
     restored on exit, also after an exception.
+
+    With ``gradient="checkpoint"`` or ``"adjoint"`` the backward pass evaluates the vector
+    field again: call ``backward()`` inside the block (or use a persistent ``apply()``, or
+    ``simulate(..., perturbations=...)``, which binds them into the solved field).
     """
     handles = []
     try:
@@ -671,6 +682,30 @@ def perturb(target, *perturbations: Perturbation) -> Iterator[ConnectomeDynamics
     finally:
         for h in reversed(handles):
             h.remove()
+
+
+class _PerturbedField(nn.Module):
+    """The vector field of ``dynamics`` with ``perturbations`` bound to it: each evaluation
+    installs them and removes them again. :func:`simulate` solves this field, so the
+    re-solves of ``gradient="checkpoint"`` and the backward integration of
+    ``gradient="adjoint"`` (which run after :func:`simulate` has returned) see the same
+    perturbed dynamics as the forward solve."""
+
+    def __init__(self, dynamics: ConnectomeDynamics, perturbations: Sequence[Perturbation]):
+        super().__init__()
+        self.dynamics = dynamics
+        n = dynamics.num_nodes
+        self._items = [(p, _resolve_neurons(p.neurons, n, type(p).__name__)) for p in perturbations]
+
+    def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
+        hooks: list = []
+        try:
+            for p, index in self._items:
+                hooks += p._install(self.dynamics, index)
+            return self.dynamics(t, v, stimulus)
+        finally:
+            for h in hooks:
+                h.remove()
 
 
 def silence(target, neurons, gain: float = 0.0):
@@ -718,7 +753,14 @@ def simulate(
         **solve_kwargs: passed to :func:`~graphode.solve.solve` (method, rtol, ...).
 
     Returns:
-        :class:`~graphode.solve.Solution`; clamped neurons read their command value.
+        :class:`~graphode.solve.Solution`; clamped neurons (``tau=None``) read their
+        command value.
+
+    ``perturbations`` are bound into the solved vector field, so gradients are right with
+    every ``gradient=`` method even when ``backward()`` runs later. Perturbations applied
+    with :func:`perturb` / ``apply`` act too (and set clamped initial states), but with
+    ``gradient="checkpoint"`` or ``"adjoint"`` they must stay applied until ``backward()``
+    has run, since the backward pass evaluates the vector field again.
     """
     dyn = _dynamics_of(target)
     dtype = dyn.tau().dtype
@@ -743,15 +785,19 @@ def simulate(
     b = y0.size(0) if y0 is not None else (_batch_of(stim) or batch_size or 1)
     if y0 is None:
         y0 = torch.zeros(b, dyn.num_nodes, dtype=dtype, device=device)
-    with perturb(dyn, *perturbations):
-        clamps = [p for p in active_perturbations(dyn) if isinstance(p, Clamp)]
-        t0 = torch.full((b,), float(t_span[0]), dtype=dtype, device=device)
-        clamps = [(c, _resolve_neurons(c.neurons, dyn.num_nodes, "Clamp").to(device)) for c in clamps]
-        for c, idx in clamps:
-            y0 = y0.index_copy(1, idx, _evaluate(c.value, t0, b, idx.numel(), y0, "Clamp value"))
-        sol = solve(dyn, y0, t_span, args=(stim,), t_eval=t_eval, **kw)
-        ys = sol.ys
-        for c, idx in clamps:
+    for p in perturbations:
+        if not isinstance(p, Perturbation):
+            raise TypeError(f"expected Silence, Clamp or Drive, got {type(p).__name__}")
+    clamps = [p for p in [*active_perturbations(dyn), *perturbations] if isinstance(p, Clamp)]
+    clamps = [(c, _resolve_neurons(c.neurons, dyn.num_nodes, "Clamp").to(device)) for c in clamps]
+    t0 = torch.full((b,), float(t_span[0]), dtype=dtype, device=device)
+    for c, idx in clamps:
+        y0 = y0.index_copy(1, idx, _evaluate(c.value, t0, b, idx.numel(), y0, "Clamp value"))
+    field = _PerturbedField(dyn, perturbations) if perturbations else dyn
+    sol = solve(field, y0, t_span, args=(stim,), t_eval=t_eval, **kw)
+    ys = sol.ys
+    for c, idx in clamps:
+        if c.tau is None:  # held state: report the command value
             ts = sol.ts.to(device=device, dtype=dtype)
             ys = ys.index_copy(2, idx, c.values_at(ts, b, ys))
     return Solution(sol.ts, ys, sol.stats)

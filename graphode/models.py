@@ -72,7 +72,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "t_end": 1.0,
     "activation": "relu",
     "backend": "auto",
-    "weights": "per_edge",
+    "weights": "per_edge_type",
     "gain": 1.0,
     "tau": 0.2,
     "bias": 0.5,

@@ -6,7 +6,9 @@ writes into ``out_dir``:
 ``checkpoint.pt``
     model, optimiser, RNG states and history after every epoch, written atomically
     (temporary file + ``os.replace``); ``resume=True`` continues exactly where it stopped
-    (the data order of each epoch depends only on the seed and the epoch).
+    (the data order of each epoch depends only on the seed and the epoch). Bit-exact
+    resumption needs a fixed ``backend``: ``"auto"`` measures again in the new process and
+    may choose another backend, equal up to floating-point rounding.
 ``metrics.csv`` / ``metrics.json``
     one row per epoch (loss, accuracy, solver work, time); ``steps.csv`` one row per step.
 ``curves.png``
@@ -43,12 +45,12 @@ class TrainConfig:
 
     model: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist"  # mnist | synthetic
-    train_limit: int | None = 6000
+    train_limit: int | None = 24000
     test_limit: int | None = None
     batch_size: int = 64
     eval_batch_size: int = 500
     epochs: int = 1
-    lr: float = 3e-3
+    lr: float = 1e-2
     dynamics_lr: float | None = None  # learning rate of synapses, tau and bias (default: lr)
     weight_decay: float = 0.0
     device: str = "auto"

@@ -16,7 +16,7 @@ class DegreePreservingShuffle(BaseTransform):
     model): each neuron keeps its number of incoming and outgoing connections, each
     connection keeps its synapse count, weight and sign, but who connects to whom is
     random. Rewiring that would create a self-loop or a duplicate connection is repaired
-    by swapping sources between random pairs of connections until none is left (or, after
+    by re-permuting those sources with random others until none is left (or, after
     ``max_rounds``, an error is raised: nothing is silently dropped).
 
     Attributes stay with the connection's slot at its target (``syn_count``, ``sign``,
@@ -36,9 +36,11 @@ class DegreePreservingShuffle(BaseTransform):
             bad = _bad_edges(src, dst, n)
             if not bool(bad.any()):
                 break
-            bad_idx = torch.nonzero(bad).flatten()
-            partners = torch.randint(src.numel(), (bad_idx.numel(),), generator=gen)
-            src[bad_idx], src[partners] = src[partners].clone(), src[bad_idx].clone()
+            # Re-permute the sources of the bad connections together with as many random
+            # others; a permutation of unique positions keeps every out-degree exactly.
+            others = torch.randint(src.numel(), (int(bad.sum()),), generator=gen)
+            idx = torch.cat([torch.nonzero(bad).flatten(), others]).unique()
+            src[idx] = src[idx[torch.randperm(idx.numel(), generator=gen)]]
         else:
             raise RuntimeError(
                 f"DegreePreservingShuffle: {int(_bad_edges(src, dst, n).sum())} duplicate or self-loop "

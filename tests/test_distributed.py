@@ -4,8 +4,8 @@ Two processes with a global batch of 16 (8 per process) must train the same mode
 process with a batch of 16: the same data order (``DistributedSampler`` with the same seed,
 rank ``r`` taking ``perm[r::2]``, so the two shards of a step are exactly the single
 process's batch), gradients averaged by DDP (the mean of two shard means is the global mean
-because the shards have equal size), the readout's ``CellTypeNorm`` normalising with the
-statistics of the global batch (all-reduced, as ``SyncBatchNorm``), and the per-sample
+because the shards have equal size), the readout's ``CellTypeNorm`` normalising each sample
+on its own (no batch statistics, so nothing to synchronise), and the per-sample
 adaptive steps of torchode (a sample's trajectory does not depend on its batch mates).
 
 What remains is floating-point reduction order (sums over 8 + 8 samples instead of 16,
@@ -15,11 +15,12 @@ compared with an absolute tolerance on the scale of one Adam step (``lr = 3e-3``
 
 * measured (seed 3, 2 cores): largest |difference| 1.2e-4 after 4 steps (1 epoch) and
   1.9e-4 after 8 (2 epochs, resumed), in a ``bias`` of the dynamics; one process on 1 vs 2
-  OpenMP threads differs by 7e-5, the same order. ``ATOL = 2e-3`` (~10x above); without
-  the synchronised ``CellTypeNorm`` the difference was 1.8e-2, which it rejects;
+  OpenMP threads differs by 7e-5, the same order. ``ATOL = 2e-3`` (~10x above); an
+  earlier ``CellTypeNorm`` with per-process batch statistics differed by 1.8e-2, which it
+  rejects;
 * the relative norm of the difference, ``|θ₂ − θ₁| / |θ₁ − θ₀|`` (θ₀ the initial
   parameters), measured 2.8e-5 and 2.9e-5, limited to ``REL_UPDATE = 1e-3`` (~35x above;
-  without the fix: 2.8e-2).
+  per-process batch statistics: 2.8e-2).
 
 A resumed two-process run is compared with an uninterrupted one bit for bit (same processes,
 same reduction order; measured difference 0).

@@ -55,7 +55,8 @@ def _chain(bias: float = 0.0, **kw) -> tuple[Data, ConnectomeDynamics]:
         node_id=torch.tensor([10, 20, 30, 40]),
         pos=torch.tensor([[-1.0, 0.0], [-0.5, 1.0], [0.5, 0.0], [1.0, -1.0]]),
     )
-    opts = dict(activation="identity", weights="fixed", tau=TAU0, tau_mode="fixed", bias=bias, bias_mode="fixed", backend="pyg")
+    opts = dict(activation="identity", weights="fixed", tau=TAU0, tau_mode="fixed", bias=bias, bias_mode="fixed",
+                backend="pyg")
     opts.update(kw)
     return data, ConnectomeDynamics(data, **opts).double()
 
@@ -135,6 +136,22 @@ def test_persistent_silence_handle_and_gradients():
     solve(ref, torch.zeros(1, 4, dtype=F64), (0.0, 2.0), args=(U0,), t_eval=TS, **TOL).ys.pow(2).sum().backward()
     torch.testing.assert_close(g[[0, 2]], ref.synapses.theta.grad, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(dyn.bias.grad, ref.bias.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_simulate_binds_perturbations_for_late_backward(gradient):
+    """checkpoint/adjoint evaluate the field again during backward(), after simulate has
+    returned: the perturbations bound into the solved field must still act there."""
+    grads = {}
+    for method in ("autodiff", gradient):
+        data, dyn = _chain(bias=0.25, weights="per_edge")
+        ys = simulate(dyn, U0, t_eval=TS, perturbations=[Silence([1]), Drive([3], 0.1)], gradient=method,
+                      checkpoints=3, **TOL).ys
+        assert len(dyn.conv._forward_pre_hooks) == 0 and len(dyn._forward_hooks) == 0  # removed already
+        ys.pow(2).sum().backward()
+        grads[method] = dyn.synapses.theta.grad
+    assert grads[gradient][1] == 0.0
+    torch.testing.assert_close(grads[gradient], grads["autodiff"], rtol=1e-6, atol=1e-9)
 
 
 def test_silence_restores_after_exception():
