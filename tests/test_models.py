@@ -212,9 +212,9 @@ def test_resume_refuses_another_model(tmp_path):
 
 def test_training_learns_synthetic_digits(tmp_path):
     model = {"connectome": {"name": "fly_visual_system", "extent": 2}, "hidden": 16, "num_records": 2, "backend": "csr"}
-    cfg = _tiny(tmp_path, model=model, train_limit=480, test_limit=100, epochs=2, batch_size=32)
+    cfg = _tiny(tmp_path, model=model, train_limit=480, test_limit=100, epochs=6, batch_size=32)
     final = train(cfg)["final"]
-    assert final["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    assert final["test_accuracy"] > 0.3  # 10 classes: chance is 0.1 (measured 0.43)
 
 
 def test_ablation_runs_three_variants(tmp_path):
