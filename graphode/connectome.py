@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +75,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
+
+from ._atomic import atomic_write
 
 __all__ = [
     "ConnectomeFormatError",
@@ -1164,19 +1165,8 @@ def save_graph(data: Data, path: PathLike) -> None:
         _check_savable(k, v)
     path = Path(path)
     payload = {"format": _SAVE_FORMAT, "version": _SAVE_VERSION, "attrs": attrs}
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # A crash before this line leaves the old file untouched.
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # A crash before the final rename leaves any old file untouched.
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_graph(path: PathLike) -> Data:

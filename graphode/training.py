@@ -22,8 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
+from ._atomic import atomic_write
 from .models import DEFAULT_CONFIG, ConnectomeClassifier
 
 __all__ = ["TrainConfig", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate"]
@@ -95,23 +94,6 @@ def load_dataset(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset]:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def atomic_write(path: Path, write) -> None:
-    """Write ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save(state, fh))
 
