@@ -103,3 +103,9 @@ def test_docs_build_strict(tmp_path):
         assert (site / page).is_file(), page
     # the API reference really was generated from the docstrings
     assert "graphode.layer.ConnectomeConv" in (site / "api/layer/index.html").read_text()
+
+
+def test_circuit_experiments(tmp_path):
+    run_example("circuit_experiments.py", tmp_path)
+    assert_pngs(tmp_path, "traces.png", "hex_map.png", "lesions.png")
+    assert (tmp_path / "responses.csv").is_file() and (tmp_path / "lesions.csv").is_file()
