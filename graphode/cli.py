@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 
@@ -145,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
 
         result = train(cfg)
         final = result["final"]
-        print(
-            f"done: train accuracy {final['train_accuracy']:.4f}, test accuracy {final['test_accuracy']:.4f} "
-            f"({final['seconds']:.0f}s for the last epoch); metrics and plots in {result['out_dir']}"
-        )
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the whole job
+            print(
+                f"done: train accuracy {final['train_accuracy']:.4f}, test accuracy {final['test_accuracy']:.4f} "
+                f"({final['seconds']:.0f}s for the last epoch); metrics and plots in {result['out_dir']}"
+            )
         return 0
     if args.command == "ablate":
         from .training import ablate
