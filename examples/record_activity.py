@@ -156,7 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stimulus", choices=["bar", "flash"], default="bar")
     p.add_argument("--map-type", default="Mi1", help="cell type drawn on the lattice")
     p.add_argument("--out-dir", default="runs/examples/record_activity")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --quick, where the work is small, else torch's choice)")
     args = p.parse_args(argv)
+    if args.threads or args.quick:
+        # Small graphs gain little from several threads, and on a shared CPU oversubscribed
+        # threads slow a solve down many times (10x measured on 2 busy cores).
+        torch.set_num_threads(args.threads or 1)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

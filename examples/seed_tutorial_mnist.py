@@ -34,6 +34,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from graphode.training import TrainConfig, train
 
 LN10 = math.log(10)
@@ -114,7 +116,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="also train the seed tutorial's configuration (random pixel input, linear readout)")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --quick, where the work is small, else torch's choice)")
     args = p.parse_args(argv)
+    if args.threads or args.quick:
+        # Small graphs gain little from several threads, and on a shared CPU oversubscribed
+        # threads slow a solve down many times (10x measured on 2 busy cores).
+        torch.set_num_threads(args.threads or 1)
 
     out = Path(args.out_dir)
     dataset = pick_dataset(args.dataset)
