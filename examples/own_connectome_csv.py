@@ -21,8 +21,7 @@ Steps:
 Run::
 
     python examples/own_connectome_csv.py --quick
-    python examples/own_connectome_csv.py --edges my_edges.csv --nodes my_neurons.csv \
-        --neurons 720575940621535642 720575940653464097
+    python examples/own_connectome_csv.py --edges my_edges.csv --nodes my_neurons.csv --neurons ID1 ID2
 
 With your own files, ``--neurons`` takes root ids (default: the neurons of ``--input-type``
 in columns 0 and 1 of this toy).
