@@ -174,20 +174,25 @@ def seed_style_step(data, images, labels, readout, rtol, atol, backprop_step_con
     b = images.size(0)
     x = images.flatten(1)
 
-    def run():
+    def forward():
         y0 = torch.zeros(b, field.n, device="cuda")
         t = torch.tensor([0.0, 1.0], device="cuda").expand(b, 2)
-        sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t), args=x)
+        return solver.solve(to.InitialValueProblem(y0=y0, t_eval=t), args=x)
+
+    return measure_step(forward, readout, labels, opt)
+
+
+def measure_step(forward, readout, labels, opt) -> dict:
+    """Time a training step: ``forward()`` solves, then readout, loss, backward, Adam step."""
+
+    def run():
+        sol = forward()
         loss = F.cross_entropy(readout(sol.ys[:, -1]), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
         return sol
 
-    return measure_step(run)
-
-
-def measure_step(run) -> dict:
     sol = run()  # warm-up (and allocator growth)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -209,18 +214,13 @@ def graphode_step(data, images, labels, readout, dynamics, input_map, rtol, atol
     opt = torch.optim.Adam(params, lr=1e-3)
     b = images.size(0)
 
-    def run():
+    def forward():
         drive = input_map(images)
         v0 = torch.zeros(b, int(data.num_nodes), device="cuda")
-        sol = solve(dynamics, v0, (0.0, 1.0), args=(drive,), rtol=rtol, atol=atol, gradient=gradient,
-                    max_steps=100_000, t_eval=t_eval)
-        loss = F.cross_entropy(readout(sol.ys[:, -1]), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return sol
+        return solve(dynamics, v0, (0.0, 1.0), args=(drive,), rtol=rtol, atol=atol, gradient=gradient,
+                     max_steps=100_000, t_eval=t_eval)
 
-    return measure_step(run)
+    return measure_step(forward, readout, labels, opt)
 
 
 class SeedDynamicsForGraphode(torch.nn.Module):

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from _threads import add_threads_argument, apply_threads  # examples/_threads.py
 from graphode import ConnectomeDynamics, Stimulus, load_connectome, solve
 from graphode.connectome import node_index
 
@@ -135,13 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--input-type", default="R1-6", help="cell type driven when --neurons is not given")
     p.add_argument("--amplitude", type=float, default=1.0)
     p.add_argument("--out-dir", default="runs/examples/own_connectome_csv")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --quick, where the work is small, else torch's choice)")
+    add_threads_argument(p)
     args = p.parse_args(argv)
-    if args.threads or args.quick:
-        # Small graphs gain little from several threads, and on a shared CPU oversubscribed
-        # threads slow a solve down many times (10x measured on 2 busy cores).
-        torch.set_num_threads(args.threads or 1)
+    apply_threads(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

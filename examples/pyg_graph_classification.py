@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from _threads import add_threads_argument, apply_threads  # examples/_threads.py
 from graphode import ConnectomeConv, random_connectome, solve  # first: it quiets a PyG import warning
 from graphode.readout import PooledReadout
 from graphode.synapses import inverse_softplus
@@ -175,13 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="240 training graphs, 8 epochs")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out-dir", default="runs/examples/pyg_graph_classification")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --quick, where the work is small, else torch's choice)")
+    add_threads_argument(p)
     args = p.parse_args(argv)
-    if args.threads or args.quick:
-        # Small graphs gain little from several threads, and on a shared CPU oversubscribed
-        # threads slow a solve down many times (10x measured on 2 busy cores).
-        torch.set_num_threads(args.threads or 1)
+    apply_threads(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     num_train, num_test, epochs = (240, 120, 8) if args.quick else (1000, 400, 15)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from _threads import add_threads_argument, apply_threads  # examples/_threads.py
 from graphode import ConnectomeDynamics, Stimulus, fly_visual_system, hex_retina, solve
 
 TRACE_TYPES = ["R1", "L1", "L2", "L3", "Mi1", "Tm3", "Mi4", "Mi9", "T4a", "T4b", "T5a", "Tm1"]
@@ -156,13 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stimulus", choices=["bar", "flash"], default="bar")
     p.add_argument("--map-type", default="Mi1", help="cell type drawn on the lattice")
     p.add_argument("--out-dir", default="runs/examples/record_activity")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --quick, where the work is small, else torch's choice)")
+    add_threads_argument(p)
     args = p.parse_args(argv)
-    if args.threads or args.quick:
-        # Small graphs gain little from several threads, and on a shared CPU oversubscribed
-        # threads slow a solve down many times (10x measured on 2 busy cores).
-        torch.set_num_threads(args.threads or 1)
+    apply_threads(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

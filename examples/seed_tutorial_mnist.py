@@ -34,8 +34,7 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
+from _threads import add_threads_argument, apply_threads  # examples/_threads.py
 from graphode.training import TrainConfig, train
 
 LN10 = math.log(10)
@@ -116,13 +115,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="also train the seed tutorial's configuration (random pixel input, linear readout)")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --quick, where the work is small, else torch's choice)")
+    add_threads_argument(p)
     args = p.parse_args(argv)
-    if args.threads or args.quick:
-        # Small graphs gain little from several threads, and on a shared CPU oversubscribed
-        # threads slow a solve down many times (10x measured on 2 busy cores).
-        torch.set_num_threads(args.threads or 1)
+    apply_threads(args)
 
     out = Path(args.out_dir)
     dataset = pick_dataset(args.dataset)
