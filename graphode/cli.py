@@ -20,7 +20,7 @@ __all__ = ["main", "build_parser"]
 
 EPILOG = """examples:
   graphode train                                   # CPU default: fly visual system (extent 4), MNIST
-  graphode train --extent 15 --device cuda --batch-size 256 --train-limit 0 --epochs 3
+  graphode train --extent 15 --device cuda --batch-size 256 --train-limit 0 --epochs 6 --schedule cosine
   graphode train --connectome edges.csv --input random --readout linear
   graphode ablate --train-limit 3000
   graphode info --extent 15
@@ -47,6 +47,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", default=DEFAULT_CONFIG["backend"], help="auto, pyg, torch_scatter, sparse_tensor, csr")
     g.add_argument("--t-end", type=float, default=DEFAULT_CONFIG["t_end"], help="simulated time")
     g.add_argument("--tau", type=float, default=DEFAULT_CONFIG["tau"], help="initial time constant")
+    g.add_argument("--hidden", type=int, default=DEFAULT_CONFIG["hidden"], help="readout width")
     g.add_argument("--num-records", type=int, default=DEFAULT_CONFIG["num_records"], help="activity snapshots read out")
     s = p.add_argument_group("solver")
     s.add_argument("--method", choices=["dopri5", "tsit5", "euler", "heun"], default=DEFAULT_CONFIG["method"])
@@ -68,11 +69,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--batch-size", type=int, default=64, help="global batch size (split across processes)")
     t.add_argument("--epochs", type=int, default=1)
     t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning rate per step: constant, or cosine decay to 0 over all epochs")
+    t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--dynamics-lr", type=float, default=None, help="learning rate of synapses, tau and bias (default: --lr)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out-dir", default="runs/graphode", help="checkpoints, metrics and plots go here")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1-2 on a busy shared machine)")
+    t.add_argument("--stop-after-epoch", type=int, default=None,
+                   help="end after this epoch, checkpoint written (for time-limited jobs; --resume goes on)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -112,7 +121,7 @@ def train_config_from_args(args: argparse.Namespace):
     model = {
         "connectome": _connectome_spec(args), "input": args.input, "readout": args.readout, "aggr": args.aggr,
         "activation": args.activation, "weights": args.weights, "backend": args.backend, "t_end": args.t_end,
-        "tau": args.tau, "num_records": args.num_records, "method": args.method, "rtol": args.rtol,
+        "tau": args.tau, "hidden": args.hidden, "num_records": args.num_records, "method": args.method, "rtol": args.rtol,
         "atol": args.atol, "dt0": args.dt0, "max_steps": args.max_steps, "gradient": args.gradient,
         "checkpoints": args.checkpoints,
     }
@@ -140,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(info, indent=2))
         return 0
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     cfg = train_config_from_args(args)
     if args.command == "train":
         from .training import train

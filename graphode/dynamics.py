@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._graph_state import GraphTensors
 from .layer import ConnectomeConv
 from .synapses import SynapseWeights, inverse_softplus
 
@@ -97,7 +98,7 @@ def as_stimulus(u) -> Stimulus | None:
     raise TypeError(f"cannot use {type(u).__name__} as a stimulus")
 
 
-class ConnectomeDynamics(nn.Module):
+class ConnectomeDynamics(GraphTensors):
     r"""The vector field ``dv/dt = (−v + A(v) + b + u(t)) / τ`` on one connectome.
 
     Args:
@@ -106,6 +107,10 @@ class ConnectomeDynamics(nn.Module):
         activation: neuron nonlinearity ``f`` (see :class:`~graphode.layer.ConnectomeConv`).
         backend: message-passing backend.
         weights: synapse parameterisation (``per_edge``, ``per_edge_type``, ``fixed``).
+            The default ``per_edge`` differs from :class:`~graphode.models.ConnectomeClassifier`'s
+            ``per_edge_type`` on purpose: ``per_edge_type`` needs ``data.edge_type``, which a
+            graph without cell types lacks (``load_connectome`` of an edge list without a
+            node table), while ``per_edge`` works on every graph.
         gain: scale of the initial synaptic magnitudes (see :mod:`graphode.synapses`).
         dale: keep synapse signs fixed.
         tau: initial time constant (> 0), in the time units of the solve.
@@ -119,6 +124,9 @@ class ConnectomeDynamics(nn.Module):
 
     Shapes:
         forward(t ``[B]``, v ``[B, N]``, stimulus) → ``[B, N]``.
+
+    The stimulus may be anything :func:`as_stimulus` accepts. :func:`~graphode.solve.solve`
+    wraps it once per solve (:meth:`prepare_args`), not at every evaluation.
     """
 
     def __init__(
@@ -146,7 +154,7 @@ class ConnectomeDynamics(nn.Module):
         if cell_type is None and "per_type" in (tau_mode, bias_mode):
             tau_mode = "per_neuron" if tau_mode == "per_type" else tau_mode
             bias_mode = "per_neuron" if bias_mode == "per_type" else bias_mode
-        self.register_buffer("edge_index", data.edge_index.clone())
+        self.register_graph(edge_index=data.edge_index.clone())
         self.conv = ConnectomeConv(activation=activation, backend=backend)
         self.synapses = SynapseWeights.from_data(data, mode=weights, gain=gain, dale=dale)
         self.recurrent = recurrent
@@ -187,8 +195,17 @@ class ConnectomeDynamics(nn.Module):
         a = self.conv(v.t(), self.edge_index, self.synapses())
         return a.t()
 
+    def prepare_args(self, args: tuple) -> tuple:
+        """Solver arguments ``(stimulus,)`` with the stimulus wrapped by :func:`as_stimulus`;
+        :func:`~graphode.solve.solve` calls this once before integrating."""
+        if not args:
+            return args
+        return (as_stimulus(args[0]), *args[1:])
+
     def drive(self, t: Tensor, stimulus) -> Tensor | None:
         """The stimulus current per neuron at time ``t``: ``[B, N]`` or None."""
+        # Only an isinstance check under solve(), which has wrapped the stimulus already;
+        # direct calls may still pass a tensor or a callable.
         stimulus = as_stimulus(stimulus)
         if stimulus is None:
             return None

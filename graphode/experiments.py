@@ -697,6 +697,9 @@ class _PerturbedField(nn.Module):
         n = dynamics.num_nodes
         self._items = [(p, _resolve_neurons(p.neurons, n, type(p).__name__)) for p in perturbations]
 
+    def prepare_args(self, args: tuple) -> tuple:
+        return self.dynamics.prepare_args(args)
+
     def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
         hooks: list = []
         try:

@@ -67,6 +67,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "input_gain": 1.0,
     "readout": "pooled",  # pooled | linear
     "aggr": "mean",
+    # Encode each cell type's mean activity level, which the readout's normalisation removes
+    # (see PooledReadout); off by default so that models saved before it existed rebuild.
+    "keep_group_mean": False,
     "hidden": 64,
     "num_records": 4,
     "t_end": 1.0,
@@ -135,7 +138,7 @@ class ConnectomeClassifier(nn.Module):
         if cfg["readout"] == "pooled":
             self.readout = PooledReadout(
                 r, cfg["num_classes"], int(self.cell_type.max()) + 1, hidden=cfg["hidden"], aggr=cfg["aggr"],
-                num_frequencies=6 if self.pos is not None else 0,
+                num_frequencies=6 if self.pos is not None else 0, keep_group_mean=cfg["keep_group_mean"],
             )
         elif cfg["readout"] == "linear":
             self.readout = LinearReadout(n, cfg["num_classes"])

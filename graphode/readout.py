@@ -10,7 +10,11 @@ so the context decides, per neuron, which activity features count and with what 
 Activities are first normalised per sample over the neurons of each cell type
 (:class:`CellTypeNorm`): stimulus-driven deviations are small next to the resting levels,
 and without normalisation the readout barely learns (33% vs 83% test accuracy of a
-linear probe on the untrained network, measured).
+linear probe on the untrained network, measured). Normalising removes each group's level,
+though: with ``keep_group_mean=True`` the group's per-sample mean and log standard
+deviation are given to the encoder as extra activity features (``a_m`` is then
+``[3R]``). Without them and without positions, a ``sum`` or ``mean`` pool cannot depend on
+the activity at all (see :class:`PooledReadout`).
 The ``h_m`` are aggregated over the output neurons of each graph with a
 ``torch_geometric.nn.aggr`` module (``sum``, ``mean``, ``max`` or ``attention``), using the
 ``batch`` vector when several graphs are batched, and an MLP maps the result to logits.
@@ -22,6 +26,7 @@ every neuron, flattened, through ``Linear(N, 256) → ReLU → Dropout(0.5) → 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -53,20 +58,31 @@ class CellTypeNorm(nn.Module):
     stale while the connectome learned: test accuracy swung from 90% to 50% between
     epochs at full scale, measured), and processes under DDP need no synchronisation.
 
-    Shapes: forward(activity ``[B, M, R]``, group ``[M]``, num_groups) → ``[B, M, R]``.
+    With ``return_stats=True`` the removed statistics come back too, per neuron: the
+    group's mean and its log standard deviation ``log sqrt(var + eps)`` (finite for a
+    group without spread, where ``var = 0``).
+
+    Shapes: forward(activity ``[B, M, R]``, group ``[M]``, num_groups) → ``[B, M, R]``,
+    or three ``[B, M, R]`` (normalised, mean, log std) with ``return_stats=True``.
     """
 
     def __init__(self, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
 
-    def forward(self, activity: Tensor, group: Tensor, num_groups: int) -> Tensor:
+    def forward(
+        self, activity: Tensor, group: Tensor, num_groups: int, return_stats: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         b, _, r = activity.shape
         count = torch.bincount(group, minlength=num_groups).clamp_min(1).to(activity.dtype)[None, :, None]
         mean = activity.new_zeros(b, num_groups, r).index_add_(1, group, activity) / count
         centred = activity - mean[:, group]
         var = activity.new_zeros(b, num_groups, r).index_add_(1, group, centred.square()) / count
-        return centred * torch.rsqrt(var[:, group] + self.eps)
+        var = var[:, group] + self.eps
+        normed = centred * torch.rsqrt(var)
+        if not return_stats:
+            return normed
+        return normed, mean[:, group], 0.5 * torch.log(var)
 
 
 def _make_aggr(name: str, hidden: int) -> pyg_aggr.Aggregation:
@@ -93,6 +109,12 @@ class PooledReadout(nn.Module):
         num_frequencies: Fourier frequencies of the position encoding (0: no positions).
         aggr: ``sum``, ``mean``, ``max`` or ``attention``.
         dropout: dropout before the final layer.
+        keep_group_mean: also encode each normalisation group's per-sample mean and log
+            standard deviation (the activity layer then reads ``3R`` features: normalised
+            activity, group mean, group log std). Needed for a ``sum``/``mean`` pool without
+            positions: there each group's normalised activity sums to zero and the gate
+            depends on the cell type only, so ``Σ_m h_m`` does not depend on the activity
+            (only the Linear's bias survives); a warning says so when this is off.
 
     Shapes:
         forward(states ``[B, R, N]``, output_mask ``[N]``, cell_type ``[N]``, pos ``[N, 2]``
@@ -111,13 +133,24 @@ class PooledReadout(nn.Module):
         num_frequencies: int = 6,
         aggr: str = "sum",
         dropout: float = 0.0,
+        keep_group_mean: bool = False,
     ):
         super().__init__()
+        if num_frequencies == 0 and aggr in ("sum", "mean") and not keep_group_mean:
+            warnings.warn(
+                f"PooledReadout(num_frequencies=0, aggr={aggr!r}) gives logits that do not depend on the "
+                "activity: CellTypeNorm removes each cell type's mean, so a type's normalised activity sums "
+                "to zero, and without positions the gate depends on the cell type only, so every input "
+                "pools to the same features. Pass keep_group_mean=True (config key 'keep_group_mean') to "
+                "encode the group means, or use positions or aggr='max'/'attention'.",
+                stacklevel=2,
+            )
         self.num_frequencies = num_frequencies
         self.num_cell_types = num_cell_types
+        self.keep_group_mean = bool(keep_group_mean)
         self.activity_norm = CellTypeNorm()
         self.type_embedding = nn.Embedding(num_cell_types, type_dim)
-        self.activity = nn.Linear(num_records, hidden)
+        self.activity = nn.Linear(3 * num_records if keep_group_mean else num_records, hidden)
         self.context = nn.Linear(type_dim + 4 * num_frequencies, hidden)
         self.aggr_name = aggr
         self.aggr = _make_aggr(aggr, hidden)
@@ -136,8 +169,13 @@ class PooledReadout(nn.Module):
                 raise ValueError("this readout uses positions: pass pos (or num_frequencies=0)")
             ctx.append(fourier_features(pos.to(activity.dtype), self.num_frequencies))
         gate = torch.tanh(self.context(torch.cat(ctx, dim=-1)))  # [M, H]
-        normed = self.activity_norm(activity, group, int(group.max()) + 1)
-        return self.activity(normed) * gate
+        num_groups = int(group.max()) + 1
+        if self.keep_group_mean:
+            stats = self.activity_norm(activity, group, num_groups, return_stats=True)
+            features = torch.cat(stats, dim=-1)  # [B, M, 3R]: normalised, group mean, group log std
+        else:
+            features = self.activity_norm(activity, group, num_groups)  # [B, M, R]
+        return self.activity(features) * gate
 
     def forward(
         self,

@@ -191,6 +191,8 @@ def solve(
     Args:
         field: the vector field, ``field(t [B], y [B, N], *args) -> [B, N]``; for the
             ``adjoint`` gradient it should be an ``nn.Module`` (its parameters get gradients).
+            A field with a ``prepare_args(args) -> args`` method gets to convert ``args``
+            once here instead of at every evaluation (ConnectomeDynamics wraps its stimulus).
         y0: ``[B, N]`` initial states.
         t_span: start and end time, shared by the batch.
         args: extra arguments of ``field`` (e.g. a stimulus); tensors in them that require
@@ -227,6 +229,9 @@ def solve(
         raise ValueError(f"t_eval must be increasing and inside t_span {t_span}, got {t_eval.tolist()}")
     if checkpoints < 1:
         raise ValueError("checkpoints must be >= 1")
+    prepare_args = getattr(field, "prepare_args", None)
+    if prepare_args is not None:
+        args = tuple(prepare_args(tuple(args)))
     cfg = _Config(method, rtol, atol, dt0, max_steps)
     stats = SolveStats(method=method, gradient=gradient)
 

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._graph_state import GraphTensors
+
 __all__ = ["SynapseWeights", "inverse_softplus"]
 
 _BETA = 20.0
@@ -45,7 +47,7 @@ def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
     return (by + torch.log(-torch.expm1(-by))) / beta
 
 
-class SynapseWeights(nn.Module):
+class SynapseWeights(GraphTensors):
     """Signed synaptic weights of one connectome, ``forward() -> [E]``.
 
     Args:
@@ -80,16 +82,18 @@ class SynapseWeights(nn.Module):
             raise ValueError("dale=False needs mode='per_edge'")
         self.mode, self.dale, self.gain = mode, dale, float(gain)
         sign = sign.float()
-        self.register_buffer("sign", sign)
-        self.register_buffer("magnitude", magnitude.float() * gain)
+        graph = {"sign": sign, "magnitude": magnitude.float() * gain}
+        if mode == "per_edge_type":
+            if edge_type is None or edge_type.shape != sign.shape:
+                raise ValueError("mode='per_edge_type' needs edge_type [E]")
+            graph["edge_type"] = edge_type.long()
+        # Graph data, rebuilt with the model: out of the state_dict, guarded by a fingerprint.
+        self.register_graph(**graph)
         if mode == "per_edge":
             init = self.magnitude if dale else sign * self.magnitude
             theta = inverse_softplus(init, _BETA) if dale else init
             self.theta = nn.Parameter(theta.clone())
         elif mode == "per_edge_type":
-            if edge_type is None or edge_type.shape != sign.shape:
-                raise ValueError("mode='per_edge_type' needs edge_type [E]")
-            self.register_buffer("edge_type", edge_type.long())
             n_types = int(edge_type.max()) + 1 if edge_type.numel() else 0
             self.theta = nn.Parameter(torch.full((n_types,), math.log(math.e - 1.0)))
 

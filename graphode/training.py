@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ._atomic import atomic_write
 from .models import DEFAULT_CONFIG, ConnectomeClassifier
 
-__all__ = ["TrainConfig", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate"]
+__all__ = ["TrainConfig", "LearningRateSchedule", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate"]
 
 
 @dataclass
@@ -52,10 +52,13 @@ class TrainConfig:
     lr: float = 1e-2
     dynamics_lr: float | None = None  # learning rate of synapses, tau and bias (default: lr)
     weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | cosine: learning rate per step
+    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
     device: str = "auto"
     seed: int = 0
     out_dir: str = "runs/graphode"
     resume: bool = False
+    stop_after_epoch: int | None = None  # end this process after that epoch (a later resume goes on)
     data_root: str | None = None
     download: bool = False
     progress: bool = True
@@ -91,6 +94,32 @@ def load_dataset(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset]:
         if len(x) == 0:
             raise ValueError(f"the {split} split of {cfg.dataset!r} is empty (limit={getattr(cfg, split + '_limit')})")
     return TensorDataset(xtr, ytr), TensorDataset(xte, yte)
+
+
+# -- learning rate -----------------------------------------------------------------------------
+class LearningRateSchedule:
+    """Factor on the base learning rate at optimiser step ``k`` (0-based), for ``LambdaLR``.
+
+    ``constant``: 1 after the warm-up. ``cosine``: from 1 down to 0 at ``total_steps``
+    along half a cosine, after the warm-up. The warm-up rises linearly from ``1/warmup``.
+    A class rather than a closure, so that ``LambdaLR.state_dict`` saves it with the run.
+    """
+
+    def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0):
+        if kind not in ("constant", "cosine"):
+            raise ValueError(f"unknown learning-rate schedule {kind!r}; choose constant or cosine")
+        if warmup_steps < 0 or total_steps < 1:
+            raise ValueError(f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps} and {warmup_steps}")
+        self.kind, self.total_steps, self.warmup_steps = kind, int(total_steps), int(warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        span = max(self.total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / span, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # -- checkpoints ----------------------------------------------------------------------------
@@ -159,6 +188,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # outputs do not depend on batch mates, so the sums over processes are the full test set's.
     test_loader = DataLoader(Subset(test_set, range(dist.rank, len(test_set), dist.world_size)), batch_size=cfg.eval_batch_size)
 
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, LearningRateSchedule(cfg.schedule, cfg.epochs * len(train_loader), cfg.warmup_steps)
+    )
     history: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     start_epoch = 0
@@ -167,22 +199,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state = load_checkpoint(ckpt_path) if cfg.resume and dist.is_main and ckpt_path.exists() else None
     state = dist.broadcast(state) if cfg.resume else None
     if state is not None:
-        if state["model_config"] != model.to_config():
+        # Keys added to DEFAULT_CONFIG since the checkpoint was written take their defaults.
+        if {**DEFAULT_CONFIG, **state["model_config"]} != model.to_config():
             raise ValueError(f"{ckpt_path} was written by a different model config; use another out_dir")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "schedule" in state:  # checkpoints from before schedules existed ran at a constant rate
+            schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         history, steps, start_epoch = state["history"], state["steps"], state["epoch"] + 1
         dist.print(f"resumed from {ckpt_path} after epoch {state['epoch'] + 1}")
 
-    for epoch in range(start_epoch, cfg.epochs):
+    last_epoch = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
+    for epoch in range(start_epoch, last_epoch):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         local: list[torch.Tensor] = []  # per step: loss sum, correct, count, f_evals (this process)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dist.is_main))
+        first_step, lrs = len(steps), []
         for images, labels in bar:
             images, labels = images.to(device), labels.to(device)
+            lrs.append(optimizer.param_groups[0]["lr"])
             logits = net(images)
             loss = F.cross_entropy(logits, labels)
             if not torch.isfinite(loss):
@@ -190,6 +228,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             correct = (logits.argmax(1) == labels).sum()
             step_row = torch.stack([loss.detach().double() * labels.numel(), correct.double(), torch.tensor(labels.numel(), dtype=torch.float64, device=device)])
             totals += step_row  # this process's shard: the progress bar only
@@ -202,7 +241,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         per_step = all_reduce_sum(local_t[:, :3]).cpu()
         nfe = all_reduce_max(local_t[:, 3]).cpu()
         for loss_sum, correct, count in per_step.tolist():
-            steps.append({"step": len(steps) + 1, "epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count})
+            steps.append({"step": len(steps) + 1, "epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count,
+                          "lr": lrs[len(steps) - first_step]})
         totals = per_step.sum(0)
         f_evals = float(nfe.sum())
         test = evaluate(model, test_loader, device)
@@ -222,7 +262,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         )
         if dist.is_main:
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
                 "epoch": epoch, "history": history, "steps": steps, "model_config": model.to_config(),
                 "train_config": asdict(cfg),
             }

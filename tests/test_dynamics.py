@@ -169,7 +169,7 @@ def test_vector_field_formula(activation):
     torch.testing.assert_close(dyn(t, v), (-v + act(v) @ W.t() + b) / tau, rtol=1e-6, atol=1e-6)
 
     # recurrent=False drops A(v) and the synapses get no gradient
-    dyn_nr = ConnectomeDynamics(d, activation=activation, recurrent=False, backend="csr").double()
+    dyn_nr = ConnectomeDynamics(d, activation=activation, gain=1.5, recurrent=False, backend="csr").double()
     dyn_nr.load_state_dict(dyn.state_dict())
     out = dyn_nr(t, v, u)
     torch.testing.assert_close(out, (-v + b + u) / tau, rtol=1e-12, atol=1e-12)
@@ -322,6 +322,21 @@ def test_solve_with_sampled_ramp_and_step_stimuli():
     torch.testing.assert_close(sol.ys[0, :, 0], ref, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("gradient", ["autodiff", "checkpoint", "adjoint"])
+def test_solve_wraps_a_tensor_stimulus_once(gradient, monkeypatch):
+    dyn = _single_leaky_neuron()
+    made = []
+    init = Stimulus.__init__
+    monkeypatch.setattr(Stimulus, "__init__", lambda self, *a, **k: (made.append(1), init(self, *a, **k))[1])
+    u = torch.full((2, 1), 2.0, dtype=F64, requires_grad=True)
+    sol = solve(dyn, torch.zeros(2, 1, dtype=F64), (0.0, 1.0), args=(u,), gradient=gradient, checkpoints=2)
+    sol.ys.sum().backward()
+    assert sol.stats.n_f_evals > 1 and len(made) == 1
+    # v(1) = u(1 - e^{-1/τ}) with u constant
+    expected = 1 - math.exp(-1 / float(dyn.tau()))
+    torch.testing.assert_close(u.grad, torch.full_like(u, expected), rtol=1e-3, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------
 # input projection
 # ---------------------------------------------------------------------------------------
@@ -365,3 +380,37 @@ def test_input_projection(kind):
     params = dict(dyn.named_parameters())
     p0 = params[pname].detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda p: functional_call(dyn, dict(params, **{pname: p}), (t, v, u)), (p0,))
+
+
+# -- state_dict: learned values only, guarded by the graph's fingerprint ----------------------
+def test_state_dict_leaves_the_graph_out_and_refuses_another_graph():
+    data = _chain_data()
+    dyn = ConnectomeDynamics(data, weights="per_edge", tau=0.5)
+    state = dyn.state_dict()
+    assert "edge_index" not in state and "synapses.sign" not in state and "synapses.magnitude" not in state
+    assert {"graph_fingerprint", "synapses.graph_fingerprint", "synapses.theta"} <= set(state)
+    with torch.no_grad():
+        dyn.synapses.theta.add_(0.3)
+    same = ConnectomeDynamics(_chain_data(), weights="per_edge", tau=0.5)
+    same.load_state_dict(dyn.state_dict())
+    torch.testing.assert_close(same.synapses(), dyn.synapses())
+
+    rewired = _chain_data()
+    rewired.edge_index = torch.tensor([[0, 1, 2], [1, 2, 1]])  # same sizes, one synapse moved
+    with pytest.raises(RuntimeError, match="different connectome"):
+        ConnectomeDynamics(rewired, weights="per_edge", tau=0.5).load_state_dict(state)
+    resigned = _chain_data()
+    resigned.sign = torch.tensor([1.0, 1.0, 1.0])
+    with pytest.raises(RuntimeError, match=r"synapses: the state was saved on a different connectome"):
+        ConnectomeDynamics(resigned, weights="per_edge", tau=0.5).load_state_dict(state)
+
+
+def test_state_dict_with_the_graph_inside_still_loads():
+    # States written before graph tensors were left out hold them; they are checked, then dropped.
+    dyn = ConnectomeDynamics(_chain_data(), weights="per_edge", tau=0.5)
+    legacy = {k: v for k, v in dyn.state_dict().items() if not k.endswith("graph_fingerprint")}
+    legacy.update({"edge_index": dyn.edge_index, "synapses.sign": dyn.synapses.sign, "synapses.magnitude": dyn.synapses.magnitude})
+    ConnectomeDynamics(_chain_data(), weights="per_edge", tau=0.5).load_state_dict(legacy)
+    legacy["edge_index"] = torch.tensor([[0, 1, 2], [1, 2, 1]])
+    with pytest.raises(RuntimeError, match="edge_index differs"):
+        ConnectomeDynamics(_chain_data(), weights="per_edge", tau=0.5).load_state_dict(legacy)

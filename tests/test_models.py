@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -14,7 +16,7 @@ from graphode.flyvis import fly_visual_system
 from graphode.inputs import SparseProjection, hex_retina, random_pixels
 from graphode.models import ConnectomeClassifier, build_connectome
 from graphode.readout import CellTypeNorm, LinearReadout, PooledReadout
-from graphode.training import TrainConfig, ablate, train
+from graphode.training import LearningRateSchedule, TrainConfig, ablate, train
 from graphode.transforms import DegreePreservingShuffle
 
 
@@ -188,10 +190,25 @@ def _tiny(tmp_path, **kw) -> TrainConfig:
     return replace(base, **kw)
 
 
+def test_learning_rate_schedule_values():
+    cos = LearningRateSchedule("cosine", total_steps=10, warmup_steps=2)
+    assert [cos(k) for k in (0, 1)] == [0.5, 1.0]  # linear warm-up
+    assert cos(2) == 1.0 and cos(10) == 0.0 and cos(50) == 0.0
+    assert math.isclose(cos(6), 0.5)  # half-way through the decay
+    assert LearningRateSchedule("constant", 5)(4) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        LearningRateSchedule("linear", 5)
+
+
 def test_resume_continues_exactly(tmp_path):
-    full = train(_tiny(tmp_path / "full", epochs=2))
-    train(_tiny(tmp_path / "part", epochs=1))
-    resumed = train(_tiny(tmp_path / "part", epochs=2, resume=True))
+    # A cosine schedule: resuming must also restore where the learning rate was.
+    full = train(_tiny(tmp_path / "full", epochs=2, schedule="cosine", warmup_steps=2))
+    train(_tiny(tmp_path / "part", epochs=2, schedule="cosine", warmup_steps=2, stop_after_epoch=1))
+    resumed = train(_tiny(tmp_path / "part", epochs=2, schedule="cosine", warmup_steps=2, resume=True))
+    with open(tmp_path / "part" / "steps.csv") as fh:
+        lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
+    sched = LearningRateSchedule("cosine", total_steps=6, warmup_steps=2)  # 48 / 16 = 3 steps per epoch
+    assert lrs == pytest.approx([1e-2 * sched(k) for k in range(6)])
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["model"]
     for k in a:
