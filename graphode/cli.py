@@ -72,6 +72,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
                    help="learning rate per step: constant, or cosine decay to 0 over all epochs")
     t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
+    t.add_argument("--augment-shift", type=int, default=0, help="shift training images randomly by up to this many pixels")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--dynamics-lr", type=float, default=None, help="learning rate of synapses, tau and bias (default: --lr)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")

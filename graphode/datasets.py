@@ -41,6 +41,7 @@ __all__ = [
     "default_cache_dir",
     "load_mnist",
     "mnist_dataloaders",
+    "random_shift",
     "synthetic_digits",
 ]
 
@@ -333,6 +334,29 @@ def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Translate each image by its own random whole-pixel offset in ``[-max_shift, max_shift]``
+    (rows and columns independently), filling with zeros: the standard MNIST augmentation.
+
+    Shapes: ``images [B, H, W]`` → ``[B, H, W]``. Offsets come from ``generator`` (default:
+    torch's global generator, whose state training checkpoints, so a resumed run repeats them).
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if images.dim() != 3:
+        raise ValueError(f"images must be [B, H, W], got {tuple(images.shape)}")
+    if max_shift == 0:
+        return images
+    b, h, w = images.shape
+    offsets = torch.randint(-max_shift, max_shift + 1, (2, b), generator=generator)
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4)
+    # out[k, y, x] = image[k, y - dy, x - dx]: the padded copy read at a per-image window.
+    rows = (torch.arange(h) + max_shift)[None, :] - offsets[0][:, None]  # [B, H]
+    cols = (torch.arange(w) + max_shift)[None, :] - offsets[1][:, None]  # [B, W]
+    k = torch.arange(b)[:, None, None]
+    return padded[k, rows.to(images.device)[:, :, None], cols.to(images.device)[:, None, :]]
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_write
+from .datasets import random_shift
 from .models import DEFAULT_CONFIG, ConnectomeClassifier
 
 __all__ = ["TrainConfig", "LearningRateSchedule", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate"]
@@ -54,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | cosine: learning rate per step
     warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    augment_shift: int = 0  # random translation of training images by up to this many pixels
     device: str = "auto"
     seed: int = 0
     out_dir: str = "runs/graphode"
@@ -219,6 +221,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dist.is_main))
         first_step, lrs = len(steps), []
         for images, labels in bar:
+            images = random_shift(images, cfg.augment_shift)
             images, labels = images.to(device), labels.to(device)
             lrs.append(optimizer.param_groups[0]["lr"])
             logits = net(images)

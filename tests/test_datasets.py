@@ -428,3 +428,26 @@ def test_synthetic_digits_are_learnable_in_a_few_steps():
         optimiser.step()
     accuracy = (model(test_x.flatten(1)).argmax(1) == test_y).float().mean()
     assert accuracy > 0.9
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    from graphode.datasets import random_shift
+
+    images = torch.zeros(64, 6, 7)
+    images[:, 2, 3] = 1.0  # one lit pixel per image
+    images[:, 0, 0] = 0.5  # a corner pixel falls off for most shifts
+    out = random_shift(images, 2, generator=torch.Generator().manual_seed(0))
+    offsets = torch.randint(-2, 3, (2, 64), generator=torch.Generator().manual_seed(0))
+    for k in range(64):
+        dy, dx = offsets[:, k].tolist()
+        expected = torch.zeros(6, 7)
+        expected[2 + dy, 3 + dx] = 1.0
+        if 0 <= dy and 0 <= dx:
+            expected[dy, dx] = 0.5
+        torch.testing.assert_close(out[k], expected)
+    assert len({tuple(o) for o in offsets.t().tolist()}) > 10  # offsets differ between images
+    assert random_shift(images, 0) is images
+    with pytest.raises(ValueError, match="max_shift"):
+        random_shift(images, -1)
+    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
+        random_shift(images[0], 1)

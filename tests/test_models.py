@@ -202,9 +202,9 @@ def test_learning_rate_schedule_values():
 
 def test_resume_continues_exactly(tmp_path):
     # A cosine schedule: resuming must also restore where the learning rate was.
-    full = train(_tiny(tmp_path / "full", epochs=2, schedule="cosine", warmup_steps=2))
-    train(_tiny(tmp_path / "part", epochs=2, schedule="cosine", warmup_steps=2, stop_after_epoch=1))
-    resumed = train(_tiny(tmp_path / "part", epochs=2, schedule="cosine", warmup_steps=2, resume=True))
+    full = train(_tiny(tmp_path / "full", epochs=2, schedule="cosine", warmup_steps=2, augment_shift=1))
+    train(_tiny(tmp_path / "part", epochs=2, schedule="cosine", warmup_steps=2, augment_shift=1, stop_after_epoch=1))
+    resumed = train(_tiny(tmp_path / "part", epochs=2, schedule="cosine", warmup_steps=2, augment_shift=1, resume=True))
     with open(tmp_path / "part" / "steps.csv") as fh:
         lrs = [float(row["lr"]) for row in csv.DictReader(fh)]
     sched = LearningRateSchedule("cosine", total_steps=6, warmup_steps=2)  # 48 / 16 = 3 steps per epoch
