@@ -89,7 +89,9 @@ def message_passing(name: str, data, b: int, bw: float) -> list[dict]:
             t_f = timed(fwd)
             t_a = timed(fwdbwd, repeats=5)
             rows.append({"scale": name, "method": label, "fwd_ms": t_f, "fwdbwd_ms": t_a,
-                         "fwd_x_floor": t_f / f_fwd, "fwdbwd_x_floor": t_a / f_all})
+                         "fwd_x_floor": t_f / f_fwd, "fwdbwd_x_floor": t_a / f_all,
+                         # rows of x gathered per synapse: what the kernel really reads (mostly from L2)
+                         "gather_tbs": e * b * 4 / (t_f / 1e3) / 1e12})
         except torch.OutOfMemoryError:
             rows.append({"scale": name, "method": label, "fwd_ms": float("nan"), "fwdbwd_ms": float("nan"),
                          "fwd_x_floor": float("nan"), "fwdbwd_x_floor": float("nan"), "note": "out of memory"})
@@ -122,7 +124,7 @@ def message_passing(name: str, data, b: int, bw: float) -> list[dict]:
 
     record("baseline: gather + index_add_", gather_fwd, gather_all)
 
-    for backend in [bk for bk in available_backends() if bk != "torch_scatter"]:
+    for backend in [bk for bk in available_backends("cuda") if bk != "torch_scatter"]:
         conv = ConnectomeConv(activation="identity", backend=backend)
 
         def g_fwd(conv=conv):
@@ -135,7 +137,37 @@ def message_passing(name: str, data, b: int, bw: float) -> list[dict]:
             conv(x, graph, w).sum().backward()
 
         record(f"graphode: ConnectomeConv backend={backend}", g_fwd, g_all)
+    if "triton" in available_backends("cuda"):
+        conv = ConnectomeConv(activation="relu", backend="triton")
+
+        def t_fwd():
+            with torch.no_grad():
+                return conv(x0, graph, w0)
+
+        def t_all():
+            w = w0.clone().requires_grad_(True)
+            x = x0.clone().requires_grad_(True)
+            conv(x, graph, w).sum().backward()
+
+        record("graphode: backend=triton with relu fused", t_fwd, t_all)
     return rows
+
+
+def triton_configs(data, b: int) -> list[str]:
+    """Forward and backward kernel times for a few block shapes (BLOCK_E, BLOCK_B, warps)."""
+    from graphode import kernels
+
+    n = int(data.num_nodes)
+    graph = SparseGraph.from_edge_index(data.edge_index.cuda(), n)
+    w = graph.sorted_weights((data.sign * data.syn_weight).cuda())
+    x = torch.rand(n, b, device="cuda")
+    g = torch.rand(n, b, device="cuda")
+    lines = ["| BLOCK_E | BLOCK_B | warps | forward ms | backward ms |", "|---|---|---|---|---|"]
+    for cfg in [(8, 256, 4), (16, 256, 4), (32, 256, 4), (16, 256, 8), (32, 256, 8), (16, 128, 4), (32, 128, 4), (64, 64, 2)]:
+        tf = timed(lambda: kernels.spmm_forward(graph.rowptr, graph.src, w, x, "relu", blocks=cfg))
+        tb = timed(lambda: kernels.spmm_backward(graph.colptr, graph.t_row, graph.t_perm, w, x, g, "relu", blocks=cfg))
+        lines.append(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {tf:.3f} | {tb:.3f} |")
+    return lines
 
 
 # -- training steps ---------------------------------------------------------------------------
@@ -246,6 +278,7 @@ def main() -> None:
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--skip-brain", action="store_true")
+    parser.add_argument("--skip-steps", action="store_true", help="message passing only (no training steps)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
@@ -270,12 +303,21 @@ def main() -> None:
         emit(f"whole-brain-scale synthetic graph built on the GPU in {time.perf_counter() - t0:.2f} s\n")
         rows += message_passing("whole-brain scale (139,000 / 15,000,000)", brain.cpu(), args.batch, bw)
     emit("## Message passing (recurrent input), B = %d\n" % args.batch)
-    emit("| scale | method | forward ms | × floor | fwd+bwd ms | × floor |")
-    emit("|---|---|---|---|---|---|")
+    emit("| scale | method | forward ms | × floor | fwd+bwd ms | × floor | gathered TB/s (fwd) |")
+    emit("|---|---|---|---|---|---|---|")
     for r in rows:
         emit(f"| {r['scale']} | {r['method']} | {r['fwd_ms']:.3f} | {r['fwd_x_floor']:.1f} | {r['fwdbwd_ms']:.3f} | {r['fwdbwd_x_floor']:.1f} |"
-             + (f" {r['note']}" if "note" in r else ""))
+             f" {r.get('gather_tbs', float('nan')):.2f} |" + (f" {r['note']}" if "note" in r else ""))
+    if "triton" in available_backends("cuda"):
+        emit(f"\n## Triton kernel block shapes, fly visual system, B = {args.batch}, relu\n")
+        for line in triton_configs(fly, args.batch):
+            emit(line)
 
+    if args.skip_steps:
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write("\n".join(out) + "\n")
+        return
     # Training steps at fly scale.
     b = args.batch
     g = torch.Generator().manual_seed(0)
@@ -290,7 +332,7 @@ def main() -> None:
     print("step", step_rows[-1], flush=True)
     torch.cuda.empty_cache()
     field = SeedStyleField(fly).cuda()
-    for backend in ("csr",):
+    for backend in [bk for bk in ("csr", "triton") if bk in available_backends("cuda")]:
         dyn = SeedDynamicsForGraphode(field, fly, backend).cuda()
         proj = random_pixels(fly, 784).cuda()
         # the seed's pixel map as graphode's SparseProjection (same neurons as SeedStyleField)
@@ -302,11 +344,14 @@ def main() -> None:
     from graphode.inputs import hex_retina
 
     fly_cuda = fly.cuda()
-    for gradient in ("autodiff", "checkpoint", "adjoint"):
-        dyn = ConnectomeDynamics(fly_cuda, tau=0.2, bias=0.5, backend="csr").cuda()
+    runs = [("autodiff", "csr"), ("autodiff", "triton"), ("checkpoint", "csr"), ("adjoint", "csr"), ("adjoint", "triton")]
+    for gradient, backend in runs:
+        if backend not in available_backends("cuda"):
+            continue
+        dyn = ConnectomeDynamics(fly_cuda, tau=0.2, bias=0.5, backend=backend).cuda()
         retina = hex_retina(fly_cuda).cuda()
         res = graphode_step(fly_cuda, images, labels, readout, dyn, retina, args.rtol, args.atol, gradient)
-        step_rows.append((f"graphode model (signed, normalised, relu), gradient={gradient}", res))
+        step_rows.append((f"graphode model (signed, normalised, relu), gradient={gradient}, backend={backend}", res))
         print("step", step_rows[-1], flush=True)
         torch.cuda.empty_cache()
     emit(f"\n## Training step at fly visual system scale (Dopri5 rtol = {args.rtol}, atol = {args.atol}, B = {b})\n")
@@ -320,18 +365,20 @@ def main() -> None:
         del rows
         torch.cuda.empty_cache()
         brain = brain.cuda() if brain.edge_index.device.type != "cuda" else brain
-        dyn = ConnectomeDynamics(brain, tau=0.2, bias=0.5, backend="csr", tau_mode="per_type", bias_mode="per_type").cuda()
         proj = random_pixels(brain, 784).cuda()
         head = torch.nn.Sequential(torch.nn.Linear(139_000, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).cuda()
         emit(f"\n## Whole-brain scale (139,000 neurons, 15,000,000 learnable synapses), B = {b}, Dopri5 rtol = atol = 1e-3\n")
-        emit("| gradient | seconds / step | function evals (fwd+bwd) | peak GB |")
-        emit("|---|---|---|---|")
-        for gradient in ("adjoint", "checkpoint"):
+        emit("| gradient | backend | seconds / step | function evals (fwd+bwd) | peak GB |")
+        emit("|---|---|---|---|---|")
+        for gradient, backend in (("adjoint", "csr"), ("adjoint", "triton"), ("checkpoint", "csr")):
+            if backend not in available_backends("cuda"):
+                continue
+            dyn = ConnectomeDynamics(brain, tau=0.2, bias=0.5, backend=backend, tau_mode="per_type", bias_mode="per_type").cuda()
             try:
                 r = graphode_step(brain, images, labels, head, dyn, proj, 1e-3, 1e-3, gradient)
-                emit(f"| {gradient} | {r['seconds']:.2f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
+                emit(f"| {gradient} | {backend} | {r['seconds']:.2f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
             except torch.OutOfMemoryError:
-                emit(f"| {gradient} | out of memory | | |")
+                emit(f"| {gradient} | {backend} | out of memory | | |")
             torch.cuda.empty_cache()
     if args.out:
         with open(args.out, "w") as fh:

@@ -19,9 +19,13 @@ Backends (all compute the same sum; tests compare them to a dense float64 refere
     torch's CSR ``sparse.mm`` forward with a graphode backward: the state gradient as a
     transposed CSR product, the weight gradient as per-edge row dot products. (torch's own
     CSR backward to the values builds dense ``N×N`` work on CPU.)
+``"triton"``
+    graphode's fused Triton kernels (:mod:`graphode.kernels`, CUDA only): ``f`` applied
+    inside the gather, and one backward pass over the edges for both the state and the
+    synapse gradient. Needs a string activation.
 ``"auto"``
-    times forward+backward of every available backend on the first call for each
-    (graph, batch size, device) and uses the fastest from then on.
+    times forward+backward of every available backend on the first call for each graph
+    size (nodes, edges), batch size, device and dtype, and uses the fastest from then on.
 
 The index structure (:class:`SparseGraph`: CSR by target and by source) is built once per
 graph and reused by every call an ODE solve makes.
@@ -59,20 +63,25 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "identity": lambda v: v,
 }
 
-BACKENDS = ("pyg", "torch_scatter", "sparse_tensor", "csr")
+BACKENDS = ("pyg", "torch_scatter", "sparse_tensor", "csr", "triton")
 
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def available_backends() -> list[str]:
-    """The backends usable in this environment (torch-scatter/torch-sparse are optional)."""
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends usable on ``device`` here (torch-scatter/torch-sparse are optional;
+    ``triton`` needs CUDA, or ``TRITON_INTERPRET=1``)."""
+    from .kernels import triton_available
+
     out = ["pyg", "csr"]
     if _has("torch_scatter"):
         out.append("torch_scatter")
     if _has("torch_sparse"):
         out.append("sparse_tensor")
+    if triton_available(device):
+        out.append("triton")
     return out
 
 
@@ -227,7 +236,9 @@ class ConnectomeConv(MessagePassing):
             self.activation = activation
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from 'auto', {', '.join(BACKENDS)}")
-        if backend not in ("auto", "pyg", "csr") and backend not in available_backends():
+        if backend == "triton" and self.activation_name not in _kernel_activations():
+            raise ValueError(f"backend 'triton' fuses the activation: use one of {sorted(_kernel_activations())}, not a callable")
+        if backend in ("torch_scatter", "sparse_tensor") and backend not in available_backends():
             raise ImportError(
                 f"backend {backend!r} needs the {'torch-scatter' if backend == 'torch_scatter' else 'torch-sparse'}"
                 " package: pip install --no-build-isolation torch-scatter torch-sparse"
@@ -260,9 +271,8 @@ class ConnectomeConv(MessagePassing):
             x = x.unsqueeze(1)
         if x.dim() != 2:
             raise ValueError(f"x must be [N, B] or [N], got {tuple(x.shape)}")
-        fx = self.activation(x)
         if _is_sparse_tensor(edge_index):
-            out = self.propagate(edge_index, x=fx, edge_weight=None)
+            out = self.propagate(edge_index, x=self.activation(x), edge_weight=None)
             return out.squeeze(1) if squeeze else out
         graph = edge_index if isinstance(edge_index, SparseGraph) else self.graph_for(edge_index, x.size(0))
         if graph.num_nodes != x.size(0):
@@ -270,12 +280,19 @@ class ConnectomeConv(MessagePassing):
         if edge_weight is None or edge_weight.shape != (graph.num_edges,):
             got = None if edge_weight is None else tuple(edge_weight.shape)
             raise ValueError(f"edge_weight must be [{graph.num_edges}], got {got}")
-        backend = self.backend if self.backend != "auto" else self._choose(graph, fx, edge_weight)
-        out = self._run(backend, graph, fx, edge_weight)
+        backend = self.backend if self.backend != "auto" else self._choose(graph, x, edge_weight)
+        out = self._run(backend, graph, x, edge_weight)
         return out.squeeze(1) if squeeze else out
 
-    def _run(self, backend: str, graph: SparseGraph, fx: Tensor, edge_weight: Tensor) -> Tensor:
+    def _run(self, backend: str, graph: SparseGraph, x: Tensor, edge_weight: Tensor) -> Tensor:
         w = graph.sorted_weights(edge_weight)
+        if backend == "triton":
+            from .kernels import TritonSpMM, triton_available
+
+            if not triton_available(x.device):
+                raise RuntimeError(f"backend 'triton' runs on CUDA devices (or with TRITON_INTERPRET=1), not {x.device}")
+            return TritonSpMM.apply(w, x, graph, self.activation_name)
+        fx = self.activation(x)
         if backend == "csr":
             return _CSRMatmul.apply(w, fx.contiguous(), graph)
         if backend == "pyg":
@@ -304,10 +321,12 @@ class ConnectomeConv(MessagePassing):
         return matmul(adj_t, x, reduce="sum")
 
     # -- measurement-based backend choice --------------------------------------------------
-    def _choose(self, graph: SparseGraph, fx: Tensor, edge_weight: Tensor) -> str:
-        key = (id(graph), fx.size(1), fx.device, fx.dtype)
+    def _choose(self, graph: SparseGraph, x: Tensor, edge_weight: Tensor) -> str:
+        # Keyed on sizes, not the graph object: a stream of equally sized graphs (a PyG
+        # DataLoader) is measured once.
+        key = (graph.num_nodes, graph.num_edges, x.size(1), x.device, x.dtype)
         if key not in self._chosen:
-            self._chosen[key] = self.benchmark(graph, fx.detach(), edge_weight.detach())[0][0]
+            self._chosen[key] = self.benchmark(graph, x.detach(), edge_weight.detach())[0][0]
         return self._chosen[key]
 
     def benchmark(self, graph: SparseGraph, x: Tensor, edge_weight: Tensor, repeats: int = 2):
@@ -318,7 +337,10 @@ class ConnectomeConv(MessagePassing):
         """
         results = []
         with torch.enable_grad():  # the choice is also made for calls under no_grad
-            for backend in available_backends():
+            for backend in available_backends(x.device):
+                # Interpreted Triton (TRITON_INTERPRET=1 on a CPU) is for tests, never fastest.
+                if backend == "triton" and (x.device.type != "cuda" or self.activation_name not in _kernel_activations()):
+                    continue
                 results.append((backend, self._time_backend(backend, graph, x, edge_weight, repeats)))
         return sorted(results, key=lambda r: r[1])
 
@@ -336,6 +358,12 @@ class ConnectomeConv(MessagePassing):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation_name}, backend={self.backend}"
+
+
+def _kernel_activations() -> dict[str, int]:
+    from .kernels import KERNEL_ACTIVATIONS
+
+    return KERNEL_ACTIVATIONS
 
 
 def _is_sparse_tensor(obj) -> bool:

@@ -3,8 +3,15 @@ float64 references (independent of graphode's sparse code)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, graphode's Triton kernels run in Triton's interpreter (on the CPU). The
+# variable must be set before the kernels are defined, so here, before any test imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _make_graph(n: int = 8, e: int = 20, *, seed: int = 0, shuffle: bool = False, dtype=torch.float64):

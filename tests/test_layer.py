@@ -213,12 +213,14 @@ def test_auto_chooses_an_available_backend_once(make_graph, dense):
     x = _x()
     out = conv(x, edge_index, w)
     assert len(conv._chosen) == 1
+    # Interpreted Triton (this CPU) is for correctness tests, never measured; on CUDA it is.
+    expected = [b for b in available_backends(x.device) if b != "triton" or x.device.type == "cuda"]
     (choice,) = conv._chosen.values()
-    assert choice in available_backends()
+    assert choice in expected
     conv(x, edge_index, w)
     assert len(conv._chosen) == 1
     ranking = conv.benchmark(conv.graph_for(edge_index, N), x, w)
-    assert sorted(b for b, _ in ranking) == sorted(available_backends())
+    assert sorted(b for b, _ in ranking) == sorted(expected)
     assert all(t > 0 for _, t in ranking)
     torch.testing.assert_close(out, dense(edge_index, w, N) @ x.clamp_min(0), rtol=1e-12, atol=1e-12)
 
