@@ -124,8 +124,11 @@ def message_passing(name: str, data, b: int, bw: float) -> list[dict]:
 
     record("baseline: gather + index_add_", gather_fwd, gather_all)
 
-    for backend in [bk for bk in available_backends("cuda") if bk != "torch_scatter"]:
-        conv = ConnectomeConv(activation="identity", backend=backend)
+    variants = [(bk, "identity") for bk in available_backends("cuda") if bk != "torch_scatter"]
+    if "triton" in available_backends("cuda"):
+        variants.append(("triton", "relu"))  # the activation inside the kernel's gather
+    for backend, activation in variants:
+        conv = ConnectomeConv(activation=activation, backend=backend)
 
         def g_fwd(conv=conv):
             with torch.no_grad():
@@ -136,20 +139,8 @@ def message_passing(name: str, data, b: int, bw: float) -> list[dict]:
             x = x0.clone().requires_grad_(True)
             conv(x, graph, w).sum().backward()
 
-        record(f"graphode: ConnectomeConv backend={backend}", g_fwd, g_all)
-    if "triton" in available_backends("cuda"):
-        conv = ConnectomeConv(activation="relu", backend="triton")
-
-        def t_fwd():
-            with torch.no_grad():
-                return conv(x0, graph, w0)
-
-        def t_all():
-            w = w0.clone().requires_grad_(True)
-            x = x0.clone().requires_grad_(True)
-            conv(x, graph, w).sum().backward()
-
-        record("graphode: backend=triton with relu fused", t_fwd, t_all)
+        fused = " with relu fused" if activation != "identity" else ""
+        record(f"graphode: ConnectomeConv backend={backend}{fused}", g_fwd, g_all)
     return rows
 
 
@@ -289,6 +280,11 @@ def main() -> None:
         print(line, flush=True)
         out.append(line)
 
+    def save():
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write("\n".join(out) + "\n")
+
     dev = torch.cuda.get_device_name()
     emit(f"# graphode GPU benchmark\n\n{datetime.date.today()} · {dev} · torch {torch.__version__} · "
          f"torchode {to.__version__ if hasattr(to, '__version__') else '1.0.1'} · B = {args.batch} · fp32")
@@ -314,9 +310,7 @@ def main() -> None:
             emit(line)
 
     if args.skip_steps:
-        if args.out:
-            with open(args.out, "w") as fh:
-                fh.write("\n".join(out) + "\n")
+        save()
         return
     # Training steps at fly scale.
     b = args.batch
@@ -380,9 +374,7 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 emit(f"| {gradient} | {backend} | out of memory | | |")
             torch.cuda.empty_cache()
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(out) + "\n")
+    save()
     print(json.dumps({"done": True}))
 
 

@@ -38,7 +38,7 @@ class GraphTensors(nn.Module):
 
     def register_graph(self, **tensors: Tensor) -> None:
         names = tuple(getattr(self, "_graph_names", ())) + tuple(tensors)
-        object.__setattr__(self, "_graph_names", names)
+        self._graph_names = names
         for name, value in tensors.items():
             self.register_buffer(name, value, persistent=False)
         self.register_buffer(FINGERPRINT, fingerprint({n: getattr(self, n) for n in names}))

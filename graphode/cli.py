@@ -44,7 +44,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", default=DEFAULT_CONFIG["activation"], help="relu, softplus, tanh, sigmoid")
     g.add_argument("--weights", choices=["per_edge", "per_edge_type", "fixed"], default=DEFAULT_CONFIG["weights"],
                    help="learnable synapses: one per connection, one per cell-type pair, or none")
-    g.add_argument("--backend", default=DEFAULT_CONFIG["backend"], help="auto, pyg, torch_scatter, sparse_tensor, csr")
+    g.add_argument("--backend", default=DEFAULT_CONFIG["backend"], help="auto, pyg, torch_scatter, sparse_tensor, csr, triton (CUDA)")
     g.add_argument("--t-end", type=float, default=DEFAULT_CONFIG["t_end"], help="simulated time")
     g.add_argument("--tau", type=float, default=DEFAULT_CONFIG["tau"], help="initial time constant")
     g.add_argument("--hidden", type=int, default=DEFAULT_CONFIG["hidden"], help="readout width")

@@ -76,13 +76,13 @@ if triton is not None:
         if ACT == 1:
             return tl.where(x > 0.0, 1.0, 0.0)
         elif ACT == 2:
-            t = 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+            t = _act(x, 2)
             return 1.0 - t * t
         elif ACT == 3:
-            s = 1.0 / (1.0 + tl.exp(-x))
+            s = _act(x, 3)
             return s * (1.0 - s)
-        elif ACT == 4:
-            return tl.where(x > 20.0, 1.0, 1.0 / (1.0 + tl.exp(-x)))
+        elif ACT == 4:  # softplus' = sigmoid, 1 where softplus is linear
+            return tl.where(x > 20.0, 1.0, _act(x, 3))
         else:
             return x * 0.0 + 1.0
 
@@ -188,10 +188,10 @@ def spmm_backward(
     _check(x, w_sorted)
     x, grad_out = x.contiguous(), grad_out.contiguous()
     n, b = x.shape
-    grad_x = torch.empty_like(x) if need_x else None
-    grad_w = torch.zeros_like(w_sorted) if need_w else None
-    if n == 0 or b == 0 or not (need_x or need_w):
-        return (torch.zeros_like(x) if need_x else None), grad_w
+    grad_x = torch.empty_like(x) if need_x else None  # every entry is written by the kernel
+    grad_w = torch.zeros_like(w_sorted) if need_w else None  # accumulated over column blocks
+    if n == 0 or b == 0 or not (need_x or need_w):  # nothing to compute: grad_x has no entries
+        return grad_x, grad_w
     block_e, block_b, warps = blocks or _blocks(b, backward=True)
     _spmm_bwd_kernel[(n,)](
         colptr, t_row, t_perm, w_sorted.contiguous(), x, grad_out,

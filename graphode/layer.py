@@ -226,18 +226,21 @@ class ConnectomeConv(MessagePassing):
 
     def __init__(self, activation: str | Callable[[Tensor], Tensor] = "relu", backend: str = "auto"):
         super().__init__(aggr="add", flow="source_to_target", node_dim=0)
+        # The name the Triton kernels apply: only for activations given by name, since a
+        # callable's __name__ (a user's "relu") need not be graphode's function.
+        self.fused_activation: str | None = None
         if isinstance(activation, str):
             if activation not in ACTIVATIONS:
                 raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
-            self.activation_name = activation
+            self.activation_name = self.fused_activation = activation
             self.activation = ACTIVATIONS[activation]
         else:
             self.activation_name = getattr(activation, "__name__", "custom")
             self.activation = activation
         if backend != "auto" and backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from 'auto', {', '.join(BACKENDS)}")
-        if backend == "triton" and self.activation_name not in _kernel_activations():
-            raise ValueError(f"backend 'triton' fuses the activation: use one of {sorted(_kernel_activations())}, not a callable")
+        if backend == "triton" and self.fused_activation is None:
+            raise ValueError(f"backend 'triton' fuses the activation: name one of {sorted(ACTIVATIONS)}, not a callable")
         if backend in ("torch_scatter", "sparse_tensor") and backend not in available_backends():
             raise ImportError(
                 f"backend {backend!r} needs the {'torch-scatter' if backend == 'torch_scatter' else 'torch-sparse'}"
@@ -291,7 +294,7 @@ class ConnectomeConv(MessagePassing):
 
             if not triton_available(x.device):
                 raise RuntimeError(f"backend 'triton' runs on CUDA devices (or with TRITON_INTERPRET=1), not {x.device}")
-            return TritonSpMM.apply(w, x, graph, self.activation_name)
+            return TritonSpMM.apply(w, x, graph, self.fused_activation)
         fx = self.activation(x)
         if backend == "csr":
             return _CSRMatmul.apply(w, fx.contiguous(), graph)
@@ -339,7 +342,7 @@ class ConnectomeConv(MessagePassing):
         with torch.enable_grad():  # the choice is also made for calls under no_grad
             for backend in available_backends(x.device):
                 # Interpreted Triton (TRITON_INTERPRET=1 on a CPU) is for tests, never fastest.
-                if backend == "triton" and (x.device.type != "cuda" or self.activation_name not in _kernel_activations()):
+                if backend == "triton" and (x.device.type != "cuda" or self.fused_activation is None):
                     continue
                 results.append((backend, self._time_backend(backend, graph, x, edge_weight, repeats)))
         return sorted(results, key=lambda r: r[1])
@@ -358,12 +361,6 @@ class ConnectomeConv(MessagePassing):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation_name}, backend={self.backend}"
-
-
-def _kernel_activations() -> dict[str, int]:
-    from .kernels import KERNEL_ACTIVATIONS
-
-    return KERNEL_ACTIVATIONS
 
 
 def _is_sparse_tensor(obj) -> bool:

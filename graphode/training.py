@@ -219,7 +219,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         local: list[torch.Tensor] = []  # per step: loss sum, correct, count, f_evals (this process)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and dist.is_main))
-        first_step, lrs = len(steps), []
+        lrs: list[float] = []  # the learning rate each step ran at
         for images, labels in bar:
             images = random_shift(images, cfg.augment_shift)
             images, labels = images.to(device), labels.to(device)
@@ -243,9 +243,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         local_t = torch.stack(local) if local else torch.zeros(0, 4, dtype=torch.float64, device=device)
         per_step = all_reduce_sum(local_t[:, :3]).cpu()
         nfe = all_reduce_max(local_t[:, 3]).cpu()
-        for loss_sum, correct, count in per_step.tolist():
-            steps.append({"step": len(steps) + 1, "epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count,
-                          "lr": lrs[len(steps) - first_step]})
+        for (loss_sum, correct, count), lr in zip(per_step.tolist(), lrs):
+            steps.append({"step": len(steps) + 1, "epoch": epoch + 1, "loss": loss_sum / count, "accuracy": correct / count, "lr": lr})
         totals = per_step.sum(0)
         f_evals = float(nfe.sum())
         test = evaluate(model, test_loader, device)

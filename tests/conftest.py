@@ -41,6 +41,21 @@ def _dense(edge_index: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
     return W.index_put((edge_index[1], edge_index[0]), w, accumulate=True)
 
 
+# graphode's activations written out independently of graphode.
+REF_ACT = {
+    "relu": lambda v: v.clamp_min(0),
+    "softplus": lambda v: torch.log1p(torch.exp(v)),
+    "tanh": lambda v: (torch.exp(2 * v) - 1) / (torch.exp(2 * v) + 1),
+    "sigmoid": lambda v: 1 / (1 + torch.exp(-v)),
+    "identity": lambda v: v,
+}
+
+
+@pytest.fixture
+def ref_act():
+    return REF_ACT
+
+
 @pytest.fixture
 def make_graph():
     return _make_graph

@@ -19,14 +19,6 @@ from graphode.synapses import SynapseWeights
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 pytest.importorskip("triton")
 
-REF_ACT = {
-    "relu": lambda v: v.clamp_min(0),
-    "softplus": lambda v: torch.log1p(torch.exp(v)),
-    "tanh": lambda v: (torch.exp(2 * v) - 1) / (torch.exp(2 * v) + 1),
-    "sigmoid": lambda v: 1 / (1 + torch.exp(-v)),
-    "identity": lambda v: v,
-}
-
 
 ON_CPU = not torch.cuda.is_available()
 if ON_CPU and not kernels.interpreting():
@@ -41,20 +33,16 @@ def _graph(n, e, seed):
     return edge_index, w
 
 
-def _dense(edge_index, w, n):
-    return torch.zeros(n, n, dtype=w.dtype).index_put((edge_index[1], edge_index[0]), w, accumulate=True)
-
-
 @pytest.mark.parametrize("activation", sorted(kernels.KERNEL_ACTIVATIONS))
 @pytest.mark.parametrize("b", [3, 300])  # 300 > one 256-column block: the block loops run twice
-def test_kernels_match_dense_reference(activation, b):
+def test_kernels_match_dense_reference(activation, b, dense, ref_act):
     n = 9
     edge_index, w = _graph(n, 40, seed=b)
     x = 3 * torch.randn(n, b, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x = torch.where(x.abs() < 0.05, x + 0.1, x)  # away from relu's kink
-    f = REF_ACT[activation]
+    f = ref_act[activation]
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
-    ref = _dense(edge_index, wr, n) @ f(xr)
+    ref = dense(edge_index, wr, n) @ f(xr)
     g_out = torch.randn(n, b, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     ref.backward(g_out)
 
@@ -111,6 +99,12 @@ def test_triton_backend_edge_cases_and_errors():
     torch.testing.assert_close(conv(x, empty, torch.zeros(0, dtype=torch.float64, device=DEVICE)), zeros)
     with pytest.raises(ValueError, match="fuses the activation"):
         ConnectomeConv(lambda v: v * 2, backend="triton")
+
+    def relu(v):  # a user's function that shares a name with a kernel activation
+        return v.clamp(0, 6)
+
+    with pytest.raises(ValueError, match="fuses the activation"):
+        ConnectomeConv(relu, backend="triton")
     with pytest.raises(TypeError, match="float32 or float64"):
         kernels.spmm_forward(torch.zeros(5, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0), x.cpu().half(), "relu")
     if ON_CPU:
