@@ -162,6 +162,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, evaluate every epoch, checkpoint; returns the final metrics and history."""
     from .distributed import DistributedContext, all_reduce_max, all_reduce_sum
 
+    # Checked before the model and data are built, so a typo fails at once.
+    if cfg.stop_after_epoch is not None and cfg.stop_after_epoch < 1:
+        raise ValueError(f"stop_after_epoch must be >= 1, got {cfg.stop_after_epoch}")
+    if cfg.augment_shift < 0:
+        raise ValueError(f"augment_shift must be >= 0, got {cfg.augment_shift}")
+    LearningRateSchedule(cfg.schedule, 1, cfg.warmup_steps)  # raises on an unknown schedule or negative warm-up
+
     dist = DistributedContext.from_env(device=cfg.device)
     device = dist.device if dist.enabled else _device(cfg.device)
     out_dir = Path(cfg.out_dir)

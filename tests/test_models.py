@@ -220,6 +220,17 @@ def test_resume_continues_exactly(tmp_path):
     assert files == ["checkpoint.pt", "curves.png", "metrics.csv", "metrics.json", "steps.csv"]  # no temp files left
 
 
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"stop_after_epoch": 0}, "stop_after_epoch"), ({"augment_shift": -1}, "augment_shift"),
+     ({"schedule": "linear"}, "schedule"), ({"warmup_steps": -2}, "warmup_steps")],
+)
+def test_bad_training_options_fail_before_training(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        train(_tiny(tmp_path, **kw))
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_resume_refuses_another_model(tmp_path):
     train(_tiny(tmp_path))
     other = _tiny(tmp_path, epochs=2, resume=True, model={"connectome": SPEC, "hidden": 4, "num_records": 2, "backend": "csr"})
