@@ -15,7 +15,8 @@ The state is ``[B, N]`` (torchode's layout: every sample has its own time and st
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,8 @@ class ConnectomeDynamics(GraphTensors):
         forward(t ``[B]``, v ``[B, N]``, stimulus) → ``[B, N]``.
 
     The stimulus may be anything :func:`as_stimulus` accepts. :func:`~graphode.solve.solve`
-    wraps it once per solve (:meth:`prepare_args`), not at every evaluation.
+    wraps it once per solve (:meth:`prepare_args`), not at every evaluation, and computes
+    the parameters once per solve where the gradient method allows (:meth:`precomputed`).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class ConnectomeDynamics(GraphTensors):
         self._group_tensor("tau_raw", raw_tau, tau_mode, cell_type)
         self._group_tensor("bias", bias, bias_mode, cell_type)
         self.input_projection = input_projection
+        self._precomputed: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _group_tensor(self, name: str, value: float, mode: str, cell_type: Tensor | None) -> None:
         """Register ``name`` (one value per neuron, per cell type, or one fixed value) and
@@ -183,16 +186,49 @@ class ConnectomeDynamics(GraphTensors):
 
     def tau(self) -> Tensor:
         """Time constants per neuron ``[N]`` (or ``[1]`` when shared)."""
+        if self._precomputed is not None:
+            return self._precomputed[1]
         tau = self.tau_min + F.softplus(self.tau_raw)
         return tau if self.tau_raw_index is None else tau[self.tau_raw_index]
 
     def resting(self) -> Tensor:
         """Bias per neuron ``[N]`` (or ``[1]``)."""
+        if self._precomputed is not None:
+            return self._precomputed[2]
         return self.bias if self.bias_index is None else self.bias[self.bias_index]
+
+    def weights(self) -> Tensor:
+        """Signed synaptic weights ``[E]`` in ``edge_index`` order."""
+        if self._precomputed is not None:
+            return self._precomputed[0]
+        return self.synapses()
+
+    @contextmanager
+    def precomputed(self) -> Iterator[None]:
+        """Compute the weights ``[E]``, ``τ`` and ``b`` once for every evaluation in the block.
+
+        A solve evaluates the field ~60 times with the same parameters. Computing them each
+        time repeats their gathers (per edge type, per cell type) and, under autodiff, the
+        backward of each gather: a scatter of 1.5M synapse gradients into a few hundred
+        edge types, contended on the same addresses, at every evaluation. Inside this block
+        they are computed once, and autodiff sums the evaluations' gradients before a
+        single backward through the gathers: the same function and gradients.
+
+        Not for blocks whose evaluations are differentiated separately from the block
+        (the continuous adjoint's backward, checkpoint recomputation):
+        :func:`~graphode.solve.solve` uses it where that cannot happen.
+        """
+        # A nested block recomputes: the outer one may have run under another grad mode.
+        outer, self._precomputed = self._precomputed, None
+        self._precomputed = (self.synapses(), self.tau(), self.resting())
+        try:
+            yield
+        finally:
+            self._precomputed = outer
 
     def recurrent_input(self, v: Tensor) -> Tensor:
         """``A(v)`` for ``v: [B, N]`` → ``[B, N]``."""
-        a = self.conv(v.t(), self.edge_index, self.synapses())
+        a = self.conv(v.t(), self.edge_index, self.weights())
         return a.t()
 
     def prepare_args(self, args: tuple) -> tuple:

@@ -339,7 +339,10 @@ class ConnectomeConv(MessagePassing):
             ``[(backend, seconds), ...]`` fastest first.
         """
         results = []
-        with torch.enable_grad():  # the choice is also made for calls under no_grad
+        # The choice is also made for calls under no_grad, and inside checkpointed code:
+        # identity hooks keep an enclosing torch.utils.checkpoint from recording the
+        # trial runs' saved tensors (its recomputation would then save fewer and fail).
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
             for backend in available_backends(x.device):
                 # Interpreted Triton (TRITON_INTERPRET=1 on a CPU) is for tests, never fastest.
                 if backend == "triton" and (x.device.type != "cuda" or self.fused_activation is None):

@@ -34,6 +34,8 @@ or very large graphs where even one segment's graph does not fit.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
@@ -123,6 +125,12 @@ class _Config:
     atol: float
     dt0: float | None
     max_steps: int
+
+
+def _precomputed(field) -> contextlib.AbstractContextManager:
+    """``field.precomputed()`` (parameters computed once per block) where the field has it."""
+    block = getattr(field, "precomputed", None)
+    return block() if block is not None else contextlib.nullcontext()
 
 
 def _arg_tensors(args: Sequence[Any]) -> list[Tensor]:
@@ -240,7 +248,8 @@ def solve(
 
     if gradient == "autodiff":
         grid = torch.unique(torch.cat([torch.tensor([t0], dtype=tdtype), t_eval]))
-        ys = _torchode_solve(f, y0, grid, cfg, stats, "forward")
+        with _precomputed(field):
+            ys = _torchode_solve(f, y0, grid, cfg, stats, "forward")
         keep = torch.searchsorted(grid, t_eval)
         return Solution(t_eval, ys[:, keep.to(ys.device)], stats)
 
@@ -248,7 +257,10 @@ def solve(
     stats.segments = grid.numel() - 1
     keep = torch.searchsorted(grid, t_eval).to(y0.device)
     if gradient == "checkpoint":
-        ys = _checkpointed(f, y0, grid, cfg, stats)
+        # Recomputation in backward runs outside any block: only a solve without
+        # gradients may share precomputed parameters.
+        with _precomputed(field) if not torch.is_grad_enabled() else contextlib.nullcontext():
+            ys = _checkpointed(f, y0, grid, cfg, stats)
     else:
         params = [p for p in getattr(field, "parameters", lambda: [])() if p.requires_grad]
         grad_tensors = params + [a for a in _arg_tensors(args) if a.requires_grad]
@@ -294,7 +306,8 @@ class _AdjointRunner:
         self.n_params = n_params
 
     def forward(self, y0: Tensor) -> Tensor:
-        return _torchode_solve(lambda t, y: self.field(t, y, *self.args), y0, self.grid, self.cfg, self.stats, "forward")
+        with _precomputed(self.field):  # runs without gradients: the backward re-evaluates the field
+            return _torchode_solve(lambda t, y: self.field(t, y, *self.args), y0, self.grid, self.cfg, self.stats, "forward")
 
     def backward_segment(self, k: int, y_k: Tensor, a_k: Tensor, grad_tensors: Sequence[Tensor]):
         """Integrate state, adjoint and parameter gradients from ``grid[k]`` back to ``grid[k-1]``.

@@ -414,3 +414,71 @@ def test_state_dict_with_the_graph_inside_still_loads():
     legacy["edge_index"] = torch.tensor([[0, 1, 2], [1, 2, 1]])
     with pytest.raises(RuntimeError, match="edge_index differs"):
         ConnectomeDynamics(_chain_data(), weights="per_edge", tau=0.5).load_state_dict(legacy)
+
+
+# ---------------------------------------------------------------------------------------
+# parameters computed once per solve
+# ---------------------------------------------------------------------------------------
+def _typed_random_dynamics(seed=0):
+    """A random graph with 3 cell types and 4 edge types; per-edge-type synapses and
+    per-type τ and b, perturbed away from their uniform initial values."""
+    g = torch.Generator().manual_seed(seed)
+    n, e = 12, 40
+    edge_index = torch.randint(n, (2, e), generator=g)
+    cell_type = torch.arange(n) % 3
+    data = Data(
+        edge_index=edge_index, num_nodes=n, cell_type=cell_type,
+        edge_type=cell_type[edge_index[0]] % 2 + 2 * (cell_type[edge_index[1]] % 2),
+        sign=torch.where(torch.rand(e, generator=g) < 0.7, 1.0, -1.0),
+        syn_weight=torch.rand(e, generator=g) / 3,
+    )
+    dyn = ConnectomeDynamics(data, activation="tanh", weights="per_edge_type", tau=0.5, bias=0.2).double()
+    with torch.no_grad():
+        for p in dyn.parameters():
+            p.add_(0.3 * torch.randn(p.shape, dtype=F64, generator=g))
+    return dyn, torch.randn(2, n, dtype=F64, generator=g), torch.randn(2, n, dtype=F64, generator=g)
+
+
+@pytest.mark.parametrize("gradient", ["autodiff", "checkpoint", "adjoint"])
+def test_parameters_computed_once_per_solve_give_the_same_solution_and_gradients(gradient, monkeypatch):
+    dyn, y0, u = _typed_random_dynamics()
+    calls = []
+    synapses = type(dyn.synapses).forward
+    monkeypatch.setattr(type(dyn.synapses), "forward", lambda self: (calls.append(1), synapses(self))[1])
+
+    def run(field):
+        dyn.zero_grad()
+        calls.clear()
+        sol = solve(field, y0, (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0], gradient=gradient, checkpoints=2,
+                    method="heun", dt0=0.05)
+        (sol.ys * torch.linspace(-1, 1, y0.size(1), dtype=F64)).sum().backward()
+        return sol, len(calls), [p.grad.clone() for p in dyn.parameters()]
+
+    class PerEvaluation(nn.Module):  # no precomputed(): every evaluation computes the parameters
+        def __init__(self):
+            super().__init__()
+            self.inner = dyn
+
+        def forward(self, t, v, stim):
+            return self.inner(t, v, stim)
+
+    sol, n_calls, grads = run(dyn)
+    sol_ref, n_calls_ref, grads_ref = run(PerEvaluation())
+    torch.testing.assert_close(sol.ys, sol_ref.ys, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert n_calls_ref >= sol.stats.n_f_evals > 1
+    if gradient == "autodiff":
+        assert n_calls == 1  # once for the whole solve, backward included
+    assert dyn._precomputed is None  # released after the solve
+
+
+def test_nested_precomputed_blocks_follow_their_own_grad_mode():
+    dyn, _, _ = _typed_random_dynamics()
+    with torch.no_grad(), dyn.precomputed():
+        assert not dyn.weights().requires_grad
+        with torch.enable_grad(), dyn.precomputed():
+            assert dyn.weights().requires_grad and dyn.tau().requires_grad
+        assert not dyn.weights().requires_grad
+    assert dyn._precomputed is None
+    torch.testing.assert_close(dyn.weights(), dyn.synapses())

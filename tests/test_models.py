@@ -102,6 +102,39 @@ def test_pooled_readout_equals_manual_pooling(aggr):
     torch.testing.assert_close(ro(states, out_mask, cell_type, pos), ro.head(pooled))
 
 
+@pytest.mark.parametrize("aggr", ["sum", "mean"])
+@pytest.mark.parametrize("keep_group_mean", [False, True])
+def test_contracted_pool_has_the_gradients_of_pyg_aggregation(aggr, keep_group_mean):
+    """The single-graph sum/mean pool is computed by contraction; its values and gradients
+    (to the states and every parameter) equal encode() + the PyG aggregation module."""
+    torch.manual_seed(2)
+    b, r, n = 4, 3, 20
+    states = torch.randn(b, r, n, dtype=torch.float64, requires_grad=True)
+    out_mask = torch.rand(n) < 0.8
+    cell_type = torch.arange(n) % 4
+    pos = torch.randn(n, 2, dtype=torch.float64)
+    ro = PooledReadout(r, 3, 4, hidden=6, aggr=aggr, keep_group_mean=keep_group_mean).double()
+    weights = torch.randn(b, 3, dtype=torch.float64)
+
+    def generic():
+        idx = torch.nonzero(out_mask).flatten()
+        h = ro.encode(states[:, :, idx].transpose(1, 2), cell_type[idx], pos[idx])
+        return ro.head(ro.aggr(h, index=torch.zeros_like(idx), dim_size=1, dim=1).squeeze(1))
+
+    def grads(fn):
+        ro.zero_grad()
+        states.grad = None
+        out = fn()
+        (out * weights).sum().backward()
+        return out.detach(), [states.grad.clone()] + [p.grad.clone() for p in ro.parameters()]
+
+    out_fast, g_fast = grads(lambda: ro(states, out_mask, cell_type, pos))
+    out_ref, g_ref = grads(generic)
+    torch.testing.assert_close(out_fast, out_ref)
+    for got, want in zip(g_fast, g_ref):
+        torch.testing.assert_close(got, want)
+
+
 def test_pooled_readout_on_a_batch_of_graphs_equals_each_graph():
     torch.manual_seed(1)
     ro = PooledReadout(2, 3, 4, hidden=6, aggr="sum").double()

@@ -396,3 +396,21 @@ def test_adjoint_memory_is_flat_in_the_number_of_steps():
     assert ad10["peak"] > 3 * ad1["peak"], res
     assert aj10["peak"] < 1.5 * aj1["peak"], res
     assert aj10["peak"] < ad10["peak"] / 3, res
+
+
+def test_checkpoint_gradient_with_the_auto_backend_choosing_inside_the_checkpoint():
+    """backend="auto" times the backends (forward and backward) on its first call, which
+    here happens inside a checkpointed segment; the trial runs must not be recorded by the
+    checkpoint, or its recomputation in backward saves fewer tensors and fails."""
+    g = torch.Generator().manual_seed(0)
+    n, e = 10, 30
+    data = Data(edge_index=torch.randint(n, (2, e), generator=g), num_nodes=n,
+                sign=torch.where(torch.rand(e, generator=g) < 0.7, 1.0, -1.0), syn_weight=torch.rand(e, generator=g) / 3)
+    y0 = torch.randn(2, n, dtype=F64, generator=g)
+    grads = {}
+    for gradient in ("checkpoint", "autodiff"):
+        dyn = ConnectomeDynamics(data, activation="tanh", backend="auto", tau=0.5).double()
+        assert not dyn.conv._chosen  # nothing measured yet
+        solve(dyn, y0, (0.0, 1.0), gradient=gradient, checkpoints=2, method="heun", dt0=0.05).ys.sum().backward()
+        grads[gradient] = dyn.synapses.theta.grad
+    torch.testing.assert_close(grads["checkpoint"], grads["autodiff"], rtol=1e-10, atol=1e-12)

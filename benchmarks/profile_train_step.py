@@ -1,0 +1,145 @@
+"""Where a training step of the MNIST classifier spends its time, on the GPU.
+
+Builds the model exactly as ``graphode train`` does (``ConnectomeClassifier.from_config``),
+optionally loads a trained checkpoint (a trained network takes more solver steps than a
+fresh one), and times full training steps (forward solve, readout, loss, backward, Adam)
+on real MNIST batches with each speed-up switched off and on, side by side in one run:
+
+- ``contracted pool``: the readout's sum/mean pool computed by contraction
+  (``PooledReadout._pool_linear``) instead of ``[B, M, H]`` features and PyG's scatter;
+- ``precomputed``: synaptic weights, τ and b computed once per solve
+  (``ConnectomeDynamics.precomputed``) instead of at every function evaluation.
+
+Then a ``torch.profiler`` table of the fastest variant's CUDA kernels.
+
+    python benchmarks/profile_train_step.py --extent 15 --batch 256 --hidden 128 \\
+        --checkpoint runs/fly15/checkpoint.pt --out profile.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from graphode.datasets import load_mnist
+from graphode.models import ConnectomeClassifier
+
+
+def step_timings(model, images, labels, steps: int) -> dict:
+    """Median seconds of each phase over ``steps`` training steps (after two warm-ups)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # small: keep the network as loaded
+    rows = []
+    for k in range(steps + 2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sol = model.simulate(images)
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        logits = model.readout(sol.ys, model.output_mask, model.cell_type, model.pos)
+        loss = F.cross_entropy(logits, labels)
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.cuda.synchronize()
+        t3 = time.perf_counter()
+        opt.step()
+        torch.cuda.synchronize()
+        t4 = time.perf_counter()
+        if k >= 2:
+            rows.append((t4 - t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3, sol.stats.n_f_evals))
+        if k == 1:
+            torch.cuda.reset_peak_memory_stats()
+    med = [statistics.median(col) for col in zip(*rows)]
+    return {"step": med[0], "solve": med[1], "readout": med[2], "backward": med[3], "adam": med[4],
+            "f_evals": int(med[5]), "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+
+
+def set_variant(model, contracted_pool: bool, precomputed: bool) -> None:
+    ro, dyn = model.readout, model.dynamics
+    for name in ("_pool_linear",):
+        ro.__dict__.pop(name, None)
+    dyn.__dict__.pop("precomputed", None)
+    if not contracted_pool:
+        def generic_pool(features, gate):
+            h = ro.activity(features) * gate
+            index = torch.zeros(h.size(1), dtype=torch.long, device=h.device)
+            return ro.aggr(h, index=index, dim_size=1, dim=1).squeeze(1)
+
+        ro._pool_linear = generic_pool
+    if not precomputed:
+        dyn.precomputed = contextlib.nullcontext
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--extent", type=int, default=15)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--checkpoint", default=None, help="a graphode train checkpoint.pt to load the trained model from")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    assert torch.cuda.is_available(), "this profile needs a GPU"
+    out = []
+
+    def emit(line=""):
+        print(line, flush=True)
+        out.append(line)
+
+    if args.checkpoint:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        config = state["model_config"]
+        model = ConnectomeClassifier.from_config(config)
+        model.load_state_dict(state["model"])
+    else:
+        config = {"connectome": {"name": "fly_visual_system", "extent": args.extent}, "hidden": args.hidden}
+        model = ConnectomeClassifier.from_config(config)
+    model = model.cuda()
+    images, labels = load_mnist("train", limit=args.batch)
+    images, labels = images.cuda(), labels.cuda()
+    emit(f"# Training-step profile\n\n{datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__}"
+         f" · {model.num_nodes} neurons · B = {args.batch} · hidden {model.config['hidden']} · "
+         f"{'trained checkpoint' if args.checkpoint else 'fresh model'} · median of {args.steps} steps\n")
+    emit("| contracted pool | precomputed | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
+    emit("|---|---|---|---|---|---|---|---|---|")
+    for contracted, precomputed in [(False, False), (True, False), (False, True), (True, True)]:
+        set_variant(model, contracted, precomputed)
+        torch.cuda.empty_cache()
+        r = step_timings(model, images, labels, args.steps)
+        emit(f"| {'yes' if contracted else 'no'} | {'yes' if precomputed else 'no'} | {r['step']:.3f} | {r['solve']:.3f} |"
+             f" {r['readout']:.3f} | {r['backward']:.3f} | {r['adam']:.4f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
+    set_variant(model, True, True)
+    with torch.no_grad():
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(images)
+        torch.cuda.synchronize()
+    emit(f"\nEvaluation forward (no gradients), B = {args.batch}: {time.perf_counter() - t0:.3f} s\n")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+    emit("## CUDA kernels of one step (both speed-ups on)\n")
+    emit("```")
+    emit(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    emit("```")
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
