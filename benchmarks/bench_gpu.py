@@ -270,6 +270,7 @@ def main() -> None:
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--skip-brain", action="store_true")
     parser.add_argument("--skip-steps", action="store_true", help="message passing only (no training steps)")
+    parser.add_argument("--skip-message-passing", action="store_true", help="training steps only")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a GPU"
@@ -292,22 +293,24 @@ def main() -> None:
     emit(f"\nMeasured copy bandwidth: {bw / 1e12:.2f} TB/s (read + write); memory floors below use it.\n")
 
     fly = fly_visual_system(15)
-    rows = message_passing("fly visual system (45,669 / 1,513,231)", fly, args.batch, bw)
+    rows = [] if args.skip_message_passing else message_passing("fly visual system (45,669 / 1,513,231)", fly, args.batch, bw)
     if not args.skip_brain:
         t0 = time.perf_counter()
         brain = random_connectome(139_000, 15_000_000, seed=0, locality=0.01, device="cuda")
         emit(f"whole-brain-scale synthetic graph built on the GPU in {time.perf_counter() - t0:.2f} s\n")
-        rows += message_passing("whole-brain scale (139,000 / 15,000,000)", brain.cpu(), args.batch, bw)
-    emit("## Message passing (recurrent input), B = %d\n" % args.batch)
-    emit("| scale | method | forward ms | × floor | fwd+bwd ms | × floor | gathered TB/s (fwd) |")
-    emit("|---|---|---|---|---|---|---|")
-    for r in rows:
-        emit(f"| {r['scale']} | {r['method']} | {r['fwd_ms']:.3f} | {r['fwd_x_floor']:.1f} | {r['fwdbwd_ms']:.3f} | {r['fwdbwd_x_floor']:.1f} |"
-             f" {r.get('gather_tbs', float('nan')):.2f} |" + (f" {r['note']}" if "note" in r else ""))
-    if "triton" in available_backends("cuda"):
-        emit(f"\n## Triton kernel block shapes, fly visual system, B = {args.batch}, relu\n")
-        for line in triton_configs(fly, args.batch):
-            emit(line)
+        if not args.skip_message_passing:
+            rows += message_passing("whole-brain scale (139,000 / 15,000,000)", brain.cpu(), args.batch, bw)
+    if not args.skip_message_passing:
+        emit("## Message passing (recurrent input), B = %d\n" % args.batch)
+        emit("| scale | method | forward ms | × floor | fwd+bwd ms | × floor | gathered TB/s (fwd) |")
+        emit("|---|---|---|---|---|---|---|")
+        for r in rows:
+            emit(f"| {r['scale']} | {r['method']} | {r['fwd_ms']:.3f} | {r['fwd_x_floor']:.1f} | {r['fwdbwd_ms']:.3f} | {r['fwdbwd_x_floor']:.1f} |"
+                 f" {r.get('gather_tbs', float('nan')):.2f} |" + (f" {r['note']}" if "note" in r else ""))
+        if "triton" in available_backends("cuda"):
+            emit(f"\n## Triton kernel block shapes, fly visual system, B = {args.batch}, relu\n")
+            for line in triton_configs(fly, args.batch):
+                emit(line)
 
     if args.skip_steps:
         save()
