@@ -63,8 +63,7 @@ def step_timings(model, images, labels, steps: int) -> dict:
 
 def set_variant(model, contracted_pool: bool, precomputed: bool) -> None:
     ro, dyn = model.readout, model.dynamics
-    for name in ("_pool_linear",):
-        ro.__dict__.pop(name, None)
+    ro.__dict__.pop("_pool_linear", None)
     dyn.__dict__.pop("precomputed", None)
     if not contracted_pool:
         def generic_pool(features, gate):
@@ -74,7 +73,7 @@ def set_variant(model, contracted_pool: bool, precomputed: bool) -> None:
 
         ro._pool_linear = generic_pool
     if not precomputed:
-        dyn.precomputed = contextlib.nullcontext
+        dyn.precomputed = lambda enabled=True: contextlib.nullcontext()
 
 
 def main() -> None:
@@ -109,7 +108,10 @@ def main() -> None:
          f"{'trained checkpoint' if args.checkpoint else 'fresh model'} · median of {args.steps} steps\n")
     emit("| contracted pool | precomputed | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
     emit("|---|---|---|---|---|---|---|---|---|")
+    # Every variant starts from the same weights: the timed Adam steps change the network.
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     for contracted, precomputed in [(False, False), (True, False), (False, True), (True, True)]:
+        model.load_state_dict(initial)
         set_variant(model, contracted, precomputed)
         torch.cuda.empty_cache()
         r = step_timings(model, images, labels, args.steps)

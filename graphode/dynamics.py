@@ -15,6 +15,7 @@ The state is ``[B, N]`` (torchode's layout: every sample has its own time and st
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -165,7 +166,7 @@ class ConnectomeDynamics(GraphTensors):
         self._group_tensor("tau_raw", raw_tau, tau_mode, cell_type)
         self._group_tensor("bias", bias, bias_mode, cell_type)
         self.input_projection = input_projection
-        self._precomputed: tuple[Tensor, Tensor, Tensor] | None = None
+        self._precomputed: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # thread id → (w, τ, b)
 
     def _group_tensor(self, name: str, value: float, mode: str, cell_type: Tensor | None) -> None:
         """Register ``name`` (one value per neuron, per cell type, or one fixed value) and
@@ -186,45 +187,62 @@ class ConnectomeDynamics(GraphTensors):
 
     def tau(self) -> Tensor:
         """Time constants per neuron ``[N]`` (or ``[1]`` when shared)."""
-        if self._precomputed is not None:
-            return self._precomputed[1]
+        cached = self._cached()
+        if cached is not None:
+            return cached[1]
         tau = self.tau_min + F.softplus(self.tau_raw)
         return tau if self.tau_raw_index is None else tau[self.tau_raw_index]
 
     def resting(self) -> Tensor:
         """Bias per neuron ``[N]`` (or ``[1]``)."""
-        if self._precomputed is not None:
-            return self._precomputed[2]
+        cached = self._cached()
+        if cached is not None:
+            return cached[2]
         return self.bias if self.bias_index is None else self.bias[self.bias_index]
 
     def weights(self) -> Tensor:
         """Signed synaptic weights ``[E]`` in ``edge_index`` order."""
-        if self._precomputed is not None:
-            return self._precomputed[0]
+        cached = self._cached()
+        if cached is not None:
+            return cached[0]
         return self.synapses()
 
+    def _cached(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        # Per thread: two threads solving with one module must not see each other's blocks.
+        # (Read through __dict__ so modules pickled before this existed still work.)
+        return self.__dict__.get("_precomputed", {}).get(threading.get_ident())
+
     @contextmanager
-    def precomputed(self) -> Iterator[None]:
-        """Compute the weights ``[E]``, ``τ`` and ``b`` once for every evaluation in the block.
+    def precomputed(self, enabled: bool = True) -> Iterator[None]:
+        """Compute the weights ``[E]``, ``τ`` and ``b`` (``[N]`` or ``[1]``) once for every
+        evaluation in the block.
 
-        A solve evaluates the field ~60 times with the same parameters. Computing them each
-        time repeats their gathers (per edge type, per cell type) and, under autodiff, the
-        backward of each gather: a scatter of 1.5M synapse gradients into a few hundred
-        edge types, contended on the same addresses, at every evaluation. Inside this block
-        they are computed once, and autodiff sums the evaluations' gradients before a
-        single backward through the gathers: the same function and gradients.
+        A solve evaluates the field tens of times with the same parameters. Computing them
+        each time repeats their gathers (per edge type, per cell type) and, under autodiff,
+        the backward of each gather: on the full fly visual system, a scatter of 1.5M
+        synapse gradients into 605 edge types, contended on the same addresses, at every
+        evaluation. Inside the block they are computed once, and autodiff sums the
+        evaluations' gradients before a single backward through the gathers: the same
+        function, and the same gradients up to summation order.
 
-        Not for blocks whose evaluations are differentiated separately from the block
-        (the continuous adjoint's backward, checkpoint recomputation):
-        :func:`~graphode.solve.solve` uses it where that cannot happen.
+        :func:`~graphode.solve.solve` enters it where evaluations are differentiated with
+        the block (autodiff) or not at all (no gradients, the adjoint's forward pass), and
+        enters ``precomputed(enabled=False)`` where they are differentiated separately
+        (checkpoint recomputation, the adjoint's backward), so that an enclosing user block
+        does not leak in. Changing the parameters, dtype or device inside a block is not
+        seen until it ends. A nested block computes afresh under its own grad mode.
         """
-        # A nested block recomputes: the outer one may have run under another grad mode.
-        outer, self._precomputed = self._precomputed, None
-        self._precomputed = (self.synapses(), self.tau(), self.resting())
+        state = self.__dict__.setdefault("_precomputed", {})
+        thread = threading.get_ident()
+        outer = state.pop(thread, None)
         try:
+            if enabled:
+                state[thread] = (self.synapses(), self.tau(), self.resting())
             yield
         finally:
-            self._precomputed = outer
+            state.pop(thread, None)
+            if outer is not None:
+                state[thread] = outer
 
     def recurrent_input(self, v: Tensor) -> Tensor:
         """``A(v)`` for ``v: [B, N]`` → ``[B, N]``."""

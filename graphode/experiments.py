@@ -700,6 +700,9 @@ class _PerturbedField(nn.Module):
     def prepare_args(self, args: tuple) -> tuple:
         return self.dynamics.prepare_args(args)
 
+    def precomputed(self, enabled: bool = True):
+        return self.dynamics.precomputed(enabled)
+
     def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
         hooks: list = []
         try:

@@ -110,7 +110,9 @@ class PooledReadout(nn.Module):
         hidden: H, encoder width.
         type_dim: cell-type embedding width.
         num_frequencies: Fourier frequencies of the position encoding (0: no positions).
-        aggr: ``sum``, ``mean``, ``max`` or ``attention``.
+        aggr: ``sum``, ``mean``, ``max`` or ``attention`` (a ``torch_geometric.nn.aggr``
+            module; ``sum``/``mean`` over one graph are computed by contraction instead,
+            the same function: see :meth:`_pool_linear`).
         dropout: dropout before the final layer.
         keep_group_mean: also encode each normalisation group's per-sample mean and log
             standard deviation (the activity layer then reads ``3R`` features: normalised
@@ -193,9 +195,11 @@ class PooledReadout(nn.Module):
         contractions (``K`` activity features): at the fly visual system's 24,000 output
         neurons, B = 256 and H = 128, the per-neuron tensor alone is 3.1 GB, and PyG's
         scatter into one graph serialises every addition on the same outputs.
+        It reads ``self.activity``'s weight and bias directly, so forward hooks on that
+        ``Linear`` do not run here (they do on the batched and ``max``/``attention`` paths).
         """
         summed = torch.einsum("bmk,mh->bkh", features, gate)  # [B, K, H]
-        pooled = (summed * self.activity.weight.t()).sum(1) + self.activity.bias * gate.sum(0)
+        pooled = torch.einsum("bkh,hk->bh", summed, self.activity.weight) + self.activity.bias * gate.sum(0)
         return pooled / features.size(1) if self.aggr_name == "mean" else pooled
 
     def forward(

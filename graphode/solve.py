@@ -127,10 +127,11 @@ class _Config:
     max_steps: int
 
 
-def _precomputed(field) -> contextlib.AbstractContextManager:
-    """``field.precomputed()`` (parameters computed once per block) where the field has it."""
+def _precomputed(field, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """``field.precomputed(enabled)`` where the field has it: parameters computed once per
+    block (``enabled``), or computed at every evaluation even inside an enclosing block."""
     block = getattr(field, "precomputed", None)
-    return block() if block is not None else contextlib.nullcontext()
+    return block(enabled) if block is not None else contextlib.nullcontext()
 
 
 def _arg_tensors(args: Sequence[Any]) -> list[Tensor]:
@@ -257,10 +258,8 @@ def solve(
     stats.segments = grid.numel() - 1
     keep = torch.searchsorted(grid, t_eval).to(y0.device)
     if gradient == "checkpoint":
-        # Recomputation in backward runs outside any block: only a solve without
-        # gradients may share precomputed parameters.
         with _precomputed(field) if not torch.is_grad_enabled() else contextlib.nullcontext():
-            ys = _checkpointed(f, y0, grid, cfg, stats)
+            ys = _checkpointed(f, y0, grid, cfg, stats, field)
     else:
         params = [p for p in getattr(field, "parameters", lambda: [])() if p.requires_grad]
         grad_tensors = params + [a for a in _arg_tensors(args) if a.requires_grad]
@@ -269,7 +268,7 @@ def solve(
     return Solution(t_eval, ys[:, keep], stats)
 
 
-def _checkpointed(f, y0: Tensor, grid: Tensor, cfg: _Config, stats: SolveStats) -> Tensor:
+def _checkpointed(f, y0: Tensor, grid: Tensor, cfg: _Config, stats: SolveStats, field) -> Tensor:
     """States at ``grid`` ``[B, K, N]``, keeping only segment boundaries for backward."""
     forward_done = False
 
@@ -284,7 +283,11 @@ def _checkpointed(f, y0: Tensor, grid: Tensor, cfg: _Config, stats: SolveStats) 
         # happen instead of reading the re-solve's stats at the end.
         target = SolveStats(cfg.method, "checkpoint") if forward_done else stats
         g = counted if forward_done else f
-        y_end = _torchode_solve(g, y, torch.stack([ta, tb]), cfg, target, f"segment [{float(ta):g}, {float(tb):g}]")
+        # A differentiated segment computes the parameters at every evaluation, in the
+        # forward and in its recomputation alike (which may run inside a caller's
+        # precomputed block), so both save the same tensors.
+        with _precomputed(field, enabled=False) if torch.is_grad_enabled() else contextlib.nullcontext():
+            y_end = _torchode_solve(g, y, torch.stack([ta, tb]), cfg, target, f"segment [{float(ta):g}, {float(tb):g}]")
         return y_end[:, -1]
 
     ys = [y0]
@@ -339,10 +342,11 @@ class _AdjointRunner:
         cfg = self.cfg
         if cfg.method not in ADAPTIVE:  # fixed steps: the same step back as forward
             cfg = _Config(cfg.method, cfg.rtol, cfg.atol, min(cfg.dt0, float(span)), cfg.max_steps)
-        z1 = _torchode_solve(
-            aug, z0, torch.stack([torch.zeros((), dtype=span.dtype), span]), cfg, back_stats,
-            f"adjoint segment [{float(self.grid[k - 1]):g}, {float(self.grid[k]):g}]",
-        )[0, -1]
+        with _precomputed(field, enabled=False):  # each evaluation is differentiated on its own
+            z1 = _torchode_solve(
+                aug, z0, torch.stack([torch.zeros((), dtype=span.dtype), span]), cfg, back_stats,
+                f"adjoint segment [{float(self.grid[k - 1]):g}, {float(self.grid[k]):g}]",
+            )[0, -1]
         self.stats.backward_f_evals += back_stats.n_f_evals
         a = z1[bn : 2 * bn].view(b, n)
         g_flat = z1[2 * bn :]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from torch_geometric.data import Data
 
 from graphode.dynamics import ConnectomeDynamics, Stimulus, as_stimulus
 from graphode.layer import available_backends
-from graphode.solve import solve
+from graphode.solve import SolverError, solve
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 
@@ -470,7 +471,36 @@ def test_parameters_computed_once_per_solve_give_the_same_solution_and_gradients
     assert n_calls_ref >= sol.stats.n_f_evals > 1
     if gradient == "autodiff":
         assert n_calls == 1  # once for the whole solve, backward included
-    assert dyn._precomputed is None  # released after the solve
+    assert dyn._cached() is None  # released after the solve
+    # Without gradients every method computes them once (the adjoint's forward pass too).
+    with torch.no_grad():
+        calls.clear()
+        solve(dyn, y0, (0.0, 1.0), args=(u,), gradient=gradient, checkpoints=2, method="heun", dt0=0.05)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_an_enclosing_precomputed_block_does_not_leak_into_separately_differentiated_solves(gradient):
+    dyn, y0, u = _typed_random_dynamics()
+
+    def grads():
+        dyn.zero_grad()
+        sol = solve(dyn, y0, (0.0, 1.0), args=(u,), gradient=gradient, checkpoints=2, method="heun", dt0=0.05)
+        sol.ys.sum().backward()
+        return [p.grad.clone() for p in dyn.parameters()]
+
+    reference = grads()
+    with dyn.precomputed():  # a user's block around the solve and its backward
+        inside = grads()
+    for got, want in zip(inside, reference):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_precomputed_block_is_released_when_the_solve_fails():
+    dyn, y0, u = _typed_random_dynamics()
+    with pytest.raises(SolverError):
+        solve(dyn, y0, (0.0, 1.0), args=(u,), max_steps=2)
+    assert dyn._cached() is None
 
 
 def test_nested_precomputed_blocks_follow_their_own_grad_mode():
@@ -480,5 +510,35 @@ def test_nested_precomputed_blocks_follow_their_own_grad_mode():
         with torch.enable_grad(), dyn.precomputed():
             assert dyn.weights().requires_grad and dyn.tau().requires_grad
         assert not dyn.weights().requires_grad
-    assert dyn._precomputed is None
+        with dyn.precomputed(enabled=False):
+            assert dyn._cached() is None
+        assert dyn._cached() is not None
+    assert dyn._cached() is None
     torch.testing.assert_close(dyn.weights(), dyn.synapses())
+
+
+def test_precomputed_blocks_of_two_threads_do_not_mix():
+    """Thread A enters, the main thread enters and leaves, then A leaves: each sees its own
+    values throughout and nothing is left behind."""
+    dyn, _, _ = _typed_random_dynamics()
+    a_entered, main_done = threading.Event(), threading.Event()
+    seen = {}
+
+    def thread_a():
+        with torch.no_grad(), dyn.precomputed():
+            seen["a_before"] = dyn.weights()
+            a_entered.set()
+            main_done.wait(10)
+            seen["a_after"] = dyn.weights()
+        seen["a_released"] = dyn._cached() is None
+
+    worker = threading.Thread(target=thread_a)
+    worker.start()
+    assert a_entered.wait(10)
+    assert dyn._cached() is None  # A's block is not the main thread's
+    with dyn.precomputed():
+        assert dyn.weights().requires_grad  # computed here, under grad
+    main_done.set()
+    worker.join(10)
+    assert seen["a_after"] is seen["a_before"] and not seen["a_after"].requires_grad
+    assert seen["a_released"] and dyn._cached() is None
