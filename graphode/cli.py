@@ -64,7 +64,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", choices=["mnist", "synthetic"], default="mnist")
     t.add_argument("--data-root", default=None, help="torchvision MNIST folder (with --download when online)")
     t.add_argument("--download", action="store_true", help="let torchvision download MNIST (needs internet)")
-    t.add_argument("--train-limit", type=_none_or_int, default=24000, help="training images (0 = all 60,000)")
+    t.add_argument("--train-limit", type=_none_or_int, default=36000, help="training images (0 = all 60,000)")
     t.add_argument("--test-limit", type=_none_or_int, default=None, help="test images (default or 0: all 10,000)")
     t.add_argument("--batch-size", type=int, default=64, help="global batch size (split across processes)")
     t.add_argument("--epochs", type=int, default=1)

@@ -70,7 +70,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # Encode each cell type's mean activity level, which the readout's normalisation removes
     # (see PooledReadout); off by default so that models saved before it existed rebuild.
     "keep_group_mean": False,
-    "hidden": 64,
+    "hidden": 512,
     "num_records": 4,
     "t_end": 1.0,
     "activation": "relu",

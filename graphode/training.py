@@ -45,7 +45,7 @@ class TrainConfig:
 
     model: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist"  # mnist | synthetic
-    train_limit: int | None = 24000
+    train_limit: int | None = 36000
     test_limit: int | None = None
     batch_size: int = 64
     eval_batch_size: int = 500
