@@ -61,10 +61,18 @@ def step_timings(model, images, labels, steps: int) -> dict:
             "f_evals": int(med[5]), "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 
-def set_variant(model, contracted_pool: bool, precomputed: bool) -> None:
+def set_variant(model, contracted_pool: bool, precomputed: bool, contiguous_transposes: bool = False) -> None:
     ro, dyn = model.readout, model.dynamics
     ro.__dict__.pop("_pool_linear", None)
     dyn.__dict__.pop("precomputed", None)
+    dyn.__dict__.pop("recurrent_input", None)
+    if contiguous_transposes:
+        # The sparse product works on [N, B]; the solver's state is [B, N]. Transposing
+        # explicitly on both sides keeps every elementwise op of the field contiguous.
+        def recurrent_input(v):
+            return dyn.conv(v.t().contiguous(), dyn.edge_index, dyn.weights()).t().contiguous()
+
+        dyn.recurrent_input = recurrent_input
     if not contracted_pool:
         def generic_pool(features, gate):
             h = ro.activity(features) * gate
@@ -106,16 +114,18 @@ def main() -> None:
     emit(f"# Training-step profile\n\n{datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__}"
          f" · {model.num_nodes} neurons · B = {args.batch} · hidden {model.config['hidden']} · "
          f"{'trained checkpoint' if args.checkpoint else 'fresh model'} · median of {args.steps} steps\n")
-    emit("| contracted pool | precomputed | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
-    emit("|---|---|---|---|---|---|---|---|---|")
+    emit("| contracted pool | precomputed | contiguous transposes | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
+    emit("|---|---|---|---|---|---|---|---|---|---|")
     # Every variant starts from the same weights: the timed Adam steps change the network.
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    for contracted, precomputed in [(False, False), (True, False), (False, True), (True, True)]:
+    yes_no = {True: "yes", False: "no"}
+    for variant in [(False, False), (True, False), (False, True), (True, True), (True, True, True)]:
         model.load_state_dict(initial)
-        set_variant(model, contracted, precomputed)
+        set_variant(model, *variant)
         torch.cuda.empty_cache()
         r = step_timings(model, images, labels, args.steps)
-        emit(f"| {'yes' if contracted else 'no'} | {'yes' if precomputed else 'no'} | {r['step']:.3f} | {r['solve']:.3f} |"
+        contracted, precomputed, transposes = (*variant, False)[:3]
+        emit(f"| {yes_no[contracted]} | {yes_no[precomputed]} | {yes_no[transposes]} | {r['step']:.3f} | {r['solve']:.3f} |"
              f" {r['readout']:.3f} | {r['backward']:.3f} | {r['adam']:.4f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
     set_variant(model, True, True)
     with torch.no_grad():
