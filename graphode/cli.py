@@ -15,6 +15,7 @@ import sys
 from dataclasses import fields
 
 from .models import DEFAULT_CONFIG
+from .training import TrainConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -61,27 +62,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
-    t.add_argument("--dataset", choices=["mnist", "synthetic"], default="mnist")
-    t.add_argument("--data-root", default=None, help="torchvision MNIST folder (with --download when online)")
+    d = TrainConfig()  # the defaults live there, as the model's live in DEFAULT_CONFIG
+    t.add_argument("--dataset", choices=["mnist", "synthetic"], default=d.dataset)
+    t.add_argument("--data-root", default=d.data_root, help="torchvision MNIST folder (with --download when online)")
     t.add_argument("--download", action="store_true", help="let torchvision download MNIST (needs internet)")
-    t.add_argument("--train-limit", type=_none_or_int, default=36000, help="training images (0 = all 60,000)")
-    t.add_argument("--test-limit", type=_none_or_int, default=None, help="test images (default or 0: all 10,000)")
-    t.add_argument("--batch-size", type=int, default=64, help="global batch size (split across processes)")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--lr", type=float, default=1e-2)
-    t.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+    t.add_argument("--train-limit", type=_none_or_int, default=d.train_limit, help="training images (0 = all 60,000)")
+    t.add_argument("--test-limit", type=_none_or_int, default=d.test_limit, help="test images (default or 0: all 10,000)")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (split across processes)")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule,
                    help="learning rate per step: constant, or cosine decay to 0 over all epochs")
-    t.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
-    t.add_argument("--augment-shift", type=int, default=0, help="shift training images randomly by up to this many pixels")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--dynamics-lr", type=float, default=None, help="learning rate of synapses, tau and bias (default: --lr)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out-dir", default="runs/graphode", help="checkpoints, metrics and plots go here")
+    t.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear learning-rate warm-up steps")
+    t.add_argument("--augment-shift", type=int, default=d.augment_shift, help="shift training images randomly by up to this many pixels")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--dynamics-lr", type=float, default=d.dynamics_lr, help="learning rate of synapses, tau and bias (default: --lr)")
+    t.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 …")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--out-dir", default=d.out_dir, help="checkpoints, metrics and plots go here")
     t.add_argument("--resume", action="store_true", help="continue from OUT_DIR/checkpoint.pt")
     t.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1-2 on a busy shared machine)")
-    t.add_argument("--stop-after-epoch", type=int, default=None,
+    t.add_argument("--stop-after-epoch", type=int, default=d.stop_after_epoch,
                    help="end after this epoch, checkpoint written (for time-limited jobs; --resume goes on)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -116,9 +118,7 @@ def _connectome_spec(args: argparse.Namespace) -> dict:
     return {"path": args.connectome}
 
 
-def train_config_from_args(args: argparse.Namespace):
-    from .training import TrainConfig
-
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     model = {
         "connectome": _connectome_spec(args), "input": args.input, "readout": args.readout, "aggr": args.aggr,
         "activation": args.activation, "weights": args.weights, "backend": args.backend, "t_end": args.t_end,
