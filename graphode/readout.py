@@ -219,18 +219,16 @@ class PooledReadout(nn.Module):
         activity = states.index_select(2, idx).transpose(1, 2)  # [B, M, R]
         types = cell_type[idx]
         gate = self._gate(types, None if pos is None else pos[idx], activity.dtype)  # [M, H]
+        group = types if batch is None else batch[idx] * self.num_cell_types + types
+        features = self._features(activity, group)
+        if batch is None and self.aggr_name in ("sum", "mean"):
+            return self.head(self._pool_linear(features, gate))
+        h = self.activity(features) * gate  # [B, M, H]
         if batch is None:
-            features = self._features(activity, types)
-            if self.aggr_name in ("sum", "mean"):
-                pooled = self._pool_linear(features, gate)
-            else:
-                h = self.activity(features) * gate
-                pooled = self.aggr(h, index=torch.zeros_like(idx), dim_size=1, dim=1).squeeze(1)  # [B, H]
+            index, g = torch.zeros_like(idx), 1
         else:
-            features = self._features(activity, batch[idx] * self.num_cell_types + types)
-            h = self.activity(features) * gate
-            g = int(num_graphs if num_graphs is not None else int(batch.max()) + 1)
-            pooled = self.aggr(h, index=batch[idx], dim_size=g, dim=1).reshape(-1, h.size(-1))
+            index, g = batch[idx], int(num_graphs if num_graphs is not None else int(batch.max()) + 1)
+        pooled = self.aggr(h, index=index, dim_size=g, dim=1).reshape(-1, h.size(-1))  # [B·G, H]
         return self.head(pooled)
 
 
