@@ -8,9 +8,16 @@ on real MNIST batches with each speed-up switched off and on, side by side in on
 - ``contracted pool``: the readout's sum/mean pool computed by contraction
   (``PooledReadout._pool_linear``) instead of ``[B, M, H]`` features and PyG's scatter;
 - ``precomputed``: synaptic weights, τ and b computed once per solve
-  (``ConnectomeDynamics.precomputed``) instead of at every function evaluation.
+  (``ConnectomeDynamics.precomputed``) instead of at every function evaluation;
+- ``separate stages``: graphode's Runge–Kutta steps (:mod:`graphode.runge_kutta`: stages
+  as separate tensors, error estimate and step-size decision without autograd history)
+  instead of torchode's;
+- ``node-major``: the ``[B, N]`` state stored node-major (:mod:`graphode._layout`), so
+  that the sparse product needs no transposes, instead of row-major;
+- ``contiguous transposes`` (an alternative to node-major, measured slower): explicit
+  ``.contiguous()`` transposes around the sparse product.
 
-Then a ``torch.profiler`` table of the fastest variant's CUDA kernels.
+Then ``torch.profiler`` tables of the CUDA kernels of the variants in ``PROFILED``.
 
     python benchmarks/profile_train_step.py --extent 15 --batch 256 --hidden 128 \\
         --checkpoint runs/fly15/checkpoint.pt --out profile.md
@@ -61,11 +68,45 @@ def step_timings(model, images, labels, steps: int) -> dict:
             "f_evals": int(med[5]), "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 
-def set_variant(model, contracted_pool: bool, precomputed: bool, contiguous_transposes: bool = False) -> None:
+FLAG_NAMES = ("contracted pool", "precomputed", "separate stages", "node-major", "contiguous transposes")
+VARIANTS = [  # flags in FLAG_NAMES order
+    (False, False, False, False, False),
+    (True, False, False, False, False),
+    (False, True, False, False, False),
+    (True, True, False, False, False),
+    (True, True, False, False, True),
+    (True, True, True, False, False),
+    (True, True, False, True, False),
+    (True, True, True, True, False),
+]
+PROFILED = [(True, True, True, False, False), (True, True, True, True, False)]
+
+
+def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages: bool = True,
+                node_major: bool = True, contiguous_transposes: bool = False) -> None:
+    import importlib
+
+    import torchode
+
+    from graphode import runge_kutta
+    from graphode._layout import node_major as graphode_node_major, node_major_grad as graphode_node_major_grad
+
+    # (the package exports the function solve, which shadows the module's name)
+    solve_module, dynamics_module = (importlib.import_module(f"graphode.{m}") for m in ("solve", "dynamics"))
+
     ro, dyn = model.readout, model.dynamics
     ro.__dict__.pop("_pool_linear", None)
     dyn.__dict__.pop("precomputed", None)
     dyn.__dict__.pop("recurrent_input", None)
+    identity = lambda v: v  # noqa: E731
+    solve_module.node_major = dynamics_module.node_major = graphode_node_major if node_major else identity
+    solve_module.node_major_grad = graphode_node_major_grad if node_major else identity
+    if separate_stages:
+        solve_module.METHODS["dopri5"] = runge_kutta.Dopri5
+        solve_module.rk = runge_kutta
+    else:
+        solve_module.METHODS["dopri5"] = torchode.Dopri5
+        solve_module.rk = type("torchode_controller", (), {"IntegralController": torchode.IntegralController})
     if contiguous_transposes:
         # The sparse product works on [N, B]; the solver's state is [B, N]. Transposing
         # explicitly on both sides keeps every elementwise op of the field contiguous.
@@ -114,20 +155,20 @@ def main() -> None:
     emit(f"# Training-step profile\n\n{datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__}"
          f" · {model.num_nodes} neurons · B = {args.batch} · hidden {model.config['hidden']} · "
          f"{'trained checkpoint' if args.checkpoint else 'fresh model'} · median of {args.steps} steps\n")
-    emit("| contracted pool | precomputed | contiguous transposes | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
-    emit("|---|---|---|---|---|---|---|---|---|---|")
+    emit("| " + " | ".join(FLAG_NAMES) + " | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
+    emit("|---" * (len(FLAG_NAMES) + 7) + "|")
     # Every variant starts from the same weights: the timed Adam steps change the network.
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     yes_no = {True: "yes", False: "no"}
-    for variant in [(False, False), (True, False), (False, True), (True, True), (True, True, True)]:
+    for variant in VARIANTS:
         model.load_state_dict(initial)
         set_variant(model, *variant)
         torch.cuda.empty_cache()
         r = step_timings(model, images, labels, args.steps)
-        contracted, precomputed, transposes = (*variant, False)[:3]
-        emit(f"| {yes_no[contracted]} | {yes_no[precomputed]} | {yes_no[transposes]} | {r['step']:.3f} | {r['solve']:.3f} |"
+        flags = " | ".join(yes_no[v] for v in variant)
+        emit(f"| {flags} | {r['step']:.3f} | {r['solve']:.3f} |"
              f" {r['readout']:.3f} | {r['backward']:.3f} | {r['adam']:.4f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
-    set_variant(model, True, True)
+    set_variant(model, *VARIANTS[-1])
     with torch.no_grad():
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -137,17 +178,20 @@ def main() -> None:
 
     from torch.profiler import ProfilerActivity, profile
 
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        loss = F.cross_entropy(model(images), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        torch.cuda.synchronize()
-    emit("## CUDA kernels of one step (both speed-ups on)\n")
-    emit("```")
-    emit(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
-    emit("```")
+    for variant in PROFILED:
+        set_variant(model, *variant)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            loss = F.cross_entropy(model(images), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            torch.cuda.synchronize()
+        flags = ", ".join(f"{name} {yes_no[v]}" for name, v in zip(FLAG_NAMES, variant))
+        emit(f"## CUDA kernels of one step ({flags})\n")
+        emit("```")
+        emit(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+        emit("```")
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(out) + "\n")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._graph_state import GraphTensors
+from ._layout import node_major
 from .layer import ConnectomeConv
 from .synapses import SynapseWeights, inverse_softplus
 
@@ -254,7 +255,17 @@ class ConnectomeDynamics(GraphTensors):
         :func:`~graphode.solve.solve` calls this once before integrating."""
         if not args:
             return args
-        return (as_stimulus(args[0]), *args[1:])
+        stimulus = as_stimulus(args[0])
+        if (
+            self.input_projection is None and stimulus is not None and stimulus.fn is None
+            and stimulus.values.dim() == 2 and stimulus.values.size(1) == self.num_nodes
+        ):
+            # A constant per-neuron drive is added at every evaluation: store it in the
+            # state's layout (graphode._layout), so that the addition is not a transpose.
+            values = node_major(stimulus.values)
+            if values is not stimulus.values:
+                stimulus = Stimulus(values=values)
+        return (stimulus, *args[1:])
 
     def drive(self, t: Tensor, stimulus) -> Tensor | None:
         """The stimulus current per neuron at time ``t``: ``[B, N]`` or None."""

@@ -44,9 +44,13 @@ import torchode as to
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from . import runge_kutta as rk
+from ._layout import node_major, node_major_grad
+
 __all__ = ["solve", "Solution", "SolveStats", "SolverError", "METHODS", "GRADIENTS"]
 
-METHODS = {"dopri5": to.Dopri5, "tsit5": to.Tsit5, "euler": to.Euler, "heun": to.Heun}
+# Runge–Kutta steps that keep their stages apart (graphode.runge_kutta); Euler has one stage.
+METHODS = {"dopri5": rk.Dopri5, "tsit5": rk.Tsit5, "euler": to.Euler, "heun": rk.Heun}
 ADAPTIVE = {"dopri5", "tsit5"}
 GRADIENTS = ("autodiff", "checkpoint", "adjoint")
 STATUS = {
@@ -149,11 +153,12 @@ def _torchode_solve(
     f: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t_grid: Tensor, cfg: _Config, stats: SolveStats, context: str
 ) -> Tensor:
     """Solve from ``t_grid[0]`` to ``t_grid[-1]``; returns the states at ``t_grid``: ``[B, T, N]``."""
+    y0 = node_major(y0)
     b = y0.size(0)
-    term = to.ODETerm(f)
+    term = to.ODETerm(lambda t, y: node_major_grad(f(t, y)))
     step = METHODS[cfg.method](term=term)
     if cfg.method in ADAPTIVE:
-        controller = to.IntegralController(atol=cfg.atol, rtol=cfg.rtol, term=term)
+        controller = rk.IntegralController(atol=cfg.atol, rtol=cfg.rtol, term=term)
         dt0 = None if cfg.dt0 is None else torch.full((b,), cfg.dt0, dtype=t_grid.dtype, device=y0.device)
     else:
         if cfg.dt0 is None:
@@ -316,7 +321,8 @@ class _AdjointRunner:
         """Integrate state, adjoint and parameter gradients from ``grid[k]`` back to ``grid[k-1]``.
 
         The augmented state is one flat vector (batch 1 for torchode): ``[v, a, g]`` with
-        ``v, a: [B, N]`` and ``g`` the batch-summed gradients of ``grad_tensors``.
+        ``v, a: [B, N]`` stored node-major (see :mod:`graphode._layout`) and ``g`` the
+        batch-summed gradients of ``grad_tensors``.
         """
         b, n = y_k.shape
         bn = b * n
@@ -325,18 +331,18 @@ class _AdjointRunner:
         field, args = self.field, self.args
 
         def aug(s: Tensor, z: Tensor) -> Tensor:
-            v = z[0, :bn].view(b, n).detach().requires_grad_(True)
-            a = z[0, bn : 2 * bn].view(b, n)
+            v = z[0, :bn].detach().view(n, b).t().requires_grad_(True)
+            a = z[0, bn : 2 * bn].view(n, b).t()
             t = (t_k - s.to(y_k.dtype)).reshape(1).expand(b)
             with torch.enable_grad():
                 fv = field(t, v, *args)
                 grads = torch.autograd.grad(fv, (v, *grad_tensors), grad_outputs=a, allow_unused=True)
-            parts = [-fv.detach().reshape(-1), grads[0].reshape(-1)]
+            parts = [-fv.detach().t().reshape(-1), grads[0].t().reshape(-1)]
             for g, p in zip(grads[1:], grad_tensors):
                 parts.append(torch.zeros(p.numel(), dtype=z.dtype, device=z.device) if g is None else g.reshape(-1).to(z.dtype))
             return torch.cat(parts).unsqueeze(0)
 
-        z0 = torch.cat([y_k.reshape(-1), a_k.reshape(-1), y_k.new_zeros(sum(sizes))]).unsqueeze(0)
+        z0 = torch.cat([y_k.t().reshape(-1), a_k.t().reshape(-1), y_k.new_zeros(sum(sizes))]).unsqueeze(0)
         span = (self.grid[k] - self.grid[k - 1]).to(self.grid.dtype)
         back_stats = SolveStats(self.cfg.method, "adjoint")
         cfg = self.cfg
@@ -348,7 +354,7 @@ class _AdjointRunner:
                 f"adjoint segment [{float(self.grid[k - 1]):g}, {float(self.grid[k]):g}]",
             )[0, -1]
         self.stats.backward_f_evals += back_stats.n_f_evals
-        a = z1[bn : 2 * bn].view(b, n)
+        a = z1[bn : 2 * bn].view(n, b).t()
         g_flat = z1[2 * bn :]
         gs = [chunk.view_as(p).to(p.dtype) for chunk, p in zip(torch.split(g_flat, sizes), grad_tensors)]
         return a, gs

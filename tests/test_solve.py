@@ -414,3 +414,89 @@ def test_checkpoint_gradient_with_the_auto_backend_choosing_inside_the_checkpoin
         solve(dyn, y0, (0.0, 1.0), gradient=gradient, checkpoints=2, method="heun", dt0=0.05).ys.sum().backward()
         grads[gradient] = dyn.synapses.theta.grad
     torch.testing.assert_close(grads["checkpoint"], grads["autodiff"], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# graphode's Runge–Kutta steps against torchode's, and the node-major state layout
+# ---------------------------------------------------------------------------------------
+def _solve_and_grads(monkeypatch, method, torchode_steps, gradient="autodiff", **kw):
+    import importlib
+
+    import torchode
+
+    solve_module = importlib.import_module("graphode.solve")
+    if torchode_steps:
+        monkeypatch.setitem(solve_module.METHODS, method, getattr(torchode, {"dopri5": "Dopri5", "tsit5": "Tsit5", "heun": "Heun"}[method]))
+        monkeypatch.setattr(solve_module.rk, "IntegralController", torchode.IntegralController)
+    dyn, y0, u, R = _model("tanh", seed=3)
+    u = u.clone().requires_grad_(True)
+    y0 = y0.clone().requires_grad_(True)
+    sol = solve(dyn, y0, (0.0, 2.0), args=(u,), t_eval=[0.5, 1.0, 2.0], method=method, gradient=gradient, **kw)
+    loss = (R * sol.ys).sum()
+    inputs = [y0, u, *dyn.parameters()]
+    grads = torch.autograd.grad(loss, inputs)
+    monkeypatch.undo()
+    return sol, grads
+
+
+@pytest.mark.parametrize(("method", "kw"), [
+    ("dopri5", dict(rtol=1e-6, atol=1e-8)), ("tsit5", dict(rtol=1e-6, atol=1e-8)), ("heun", dict(dt0=0.05)),
+])
+@pytest.mark.parametrize("gradient", ["autodiff", "checkpoint"])
+def test_separate_stage_steps_equal_torchodes(monkeypatch, method, kw, gradient):
+    ref, ref_grads = _solve_and_grads(monkeypatch, method, True, gradient, **kw)
+    got, got_grads = _solve_and_grads(monkeypatch, method, False, gradient, **kw)
+    # the same steps, taken and rejected alike, and the same results up to summation order
+    assert (got.stats.n_f_evals, got.stats.n_steps, got.stats.n_accepted) == (ref.stats.n_f_evals, ref.stats.n_steps, ref.stats.n_accepted)
+    assert got.stats.n_steps > 5
+    if method != "heun" and gradient == "autodiff":
+        assert got.stats.n_rejected > 0  # rejected steps are covered (the shorter segments reject none)
+    torch.testing.assert_close(got.ys, ref.ys, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_combine_skips_zero_weights_and_matches_the_sum():
+    from graphode.runge_kutta import combine
+
+    g = torch.Generator().manual_seed(0)
+    ks = [torch.randn(3, 5, dtype=F64, generator=g) for _ in range(4)]
+    y0 = torch.randn(3, 5, dtype=F64, generator=g)
+    dt = torch.rand(3, 1, dtype=F64, generator=g)
+    w = (0.5, 0.0, -2.0, 1.25)
+    expected = y0 + dt * sum(wj * k for wj, k in zip(w, ks))
+    torch.testing.assert_close(combine(y0, dt, w, ks), expected, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(combine(None, dt, w, ks), expected - y0, rtol=1e-14, atol=1e-14)
+    nan = torch.full_like(ks[1], float("nan"))  # a zero weight never touches its stage
+    assert torch.isfinite(combine(y0, dt, w, [ks[0], nan, ks[2], ks[3]])).all()
+    assert combine(y0, dt, (0.0, 0.0), ks[:2]) is y0
+    assert torch.equal(combine(None, dt, (0.0,), ks[:1]), torch.zeros_like(ks[0]))
+
+
+def test_the_field_sees_node_major_states_and_gradients(monkeypatch):
+    from graphode._layout import node_major, node_major_grad
+
+    dyn, y0, u, R = _model("tanh", seed=1)
+    seen = []
+    inner = dyn.recurrent_input
+
+    def spy(v):
+        seen.append(v.t().is_contiguous())
+        return inner(v)
+
+    monkeypatch.setattr(dyn, "recurrent_input", spy)
+    sol = solve(dyn, y0.contiguous(), (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0])
+    assert len(seen) == sol.stats.n_f_evals and all(seen)
+    # the layout changes memory only, never values
+    x = torch.randn(4, 7, dtype=F64)
+    nm = node_major(x)
+    assert nm.t().is_contiguous() and torch.equal(nm, x) and node_major(nm) is nm
+    leaf = x.clone().requires_grad_(True)
+    out = node_major_grad(leaf * 2)
+    (grad,) = torch.autograd.grad(out, leaf, grad_outputs=torch.ones(4, 7, dtype=F64) * 3)
+    torch.testing.assert_close(grad, torch.full((4, 7), 6.0, dtype=F64))
+    captured = []
+    h = leaf * 1.0
+    h.register_hook(lambda g: captured.append(g.t().is_contiguous()))
+    torch.autograd.grad(node_major_grad(h).sum() + 0 * leaf.sum(), leaf)
+    assert captured == [True]

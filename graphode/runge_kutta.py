@@ -1,0 +1,129 @@
+"""torchode's explicit Runge–Kutta steps, with the stages kept as separate tensors.
+
+torchode's ``ExplicitRungeKutta.step`` writes every stage ``k_i [B, N]`` into one
+preallocated ``[S, B, N]`` buffer and forms each stage input with an ``einsum`` over that
+buffer. Under autodiff this is costly at connectome scale: every in-place stage write is
+recorded as a ``CopySlices`` node whose backward clones the gradient of the whole buffer,
+and the ``einsum`` over a buffer slice writes into a fresh ``[B, N]`` even when a stage
+has two terms. Profiled on the fly visual system (B = 256, N = 45,669), device-to-device
+copies and fills were a quarter of a training step.
+
+The steps here compute the same Butcher tableau (torchode's own ``TABLEAU``s and
+interpolants) with
+
+- the stages in a Python list, each stage input ``y0 + dt · Σ_j a_ij k_j`` built from the
+  nonzero ``a_ij`` only;
+- the error estimate (which only feeds step-size control, never differentiated: see
+  ``backprop_through_step_size_control``) and the controller's decision computed without
+  recording autograd history;
+- the stacked ``[S, B, N]`` stages built only when a dense-output interpolation is needed
+  (a step that passes an evaluation time).
+
+They are drop-in ``step_method`` objects for ``torchode.AutoDiffAdjoint``. Accepted steps,
+solutions and gradients equal torchode's up to floating-point summation order (tests
+compare them in float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchode as to
+from torch import Tensor
+from torchode.single_step_methods.base import StepResult
+from torchode.single_step_methods.runge_kutta import ButcherTableau, ERKInterpolationData, ERKState
+
+__all__ = ["Dopri5", "Tsit5", "Heun", "IntegralController"]
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """A tableau's coefficients as Python floats: ``a[i]`` the weights of stage ``i``'s
+    input, ``b`` the solution's, ``b_err`` the error estimate's."""
+
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_err: tuple[float, ...]
+
+    @classmethod
+    def of(cls, tableau: ButcherTableau) -> "_Weights":
+        a = tableau.a.tolist()
+        return cls(
+            a=tuple(tuple(row[:i]) for i, row in enumerate(a)),
+            b=tuple(tableau.b.tolist()),
+            b_err=tuple(tableau.b_err.tolist()),
+        )
+
+
+def combine(y0: Tensor | None, dt: Tensor, weights: tuple[float, ...], stages: list[Tensor]) -> Tensor:
+    """``y0 + dt · Σ_j weights[j] · stages[j]`` (``dt · Σ …`` without ``y0``).
+
+    ``y0, stages[j]: [B, N]``, ``dt: [B, 1]``; zero weights are skipped. The result has the
+    memory layout of the stages (elementwise ops keep it).
+    """
+    acc = None
+    for w, k in zip(weights, stages):
+        if w == 0.0:
+            continue
+        acc = k * w if acc is None else acc.add(k, alpha=w)
+    if acc is None:
+        return torch.zeros_like(stages[0]) if y0 is None else y0
+    return acc * dt if y0 is None else torch.addcmul(y0, dt, acc)
+
+
+class _SeparateStages:
+    """Mixin over ``torchode.ExplicitRungeKutta`` (see the module docs)."""
+
+    _weights: _Weights | None = None
+
+    def step(self, term, running, y0: Tensor, t0: Tensor, dt: Tensor, state: ERKState, *, stats, args):
+        term_ = self.term if term is None else term
+        tableau = state.tableau
+        if self._weights is None:
+            self._weights = _Weights.of(self.tableau)
+        weights = self._weights
+        dt_data = dt.to(dtype=y0.dtype).unsqueeze(1)
+        reuse = tableau.fsal and state.prev_vf1 is not None
+        stages = [state.prev_vf1 if reuse else term_.vf(t0, y0, stats, args)]
+        t_nodes = torch.addcmul(t0, tableau.c[:, None], dt)
+        y_i = y0
+        for i in range(1, tableau.n_stages):
+            y_i = combine(y0, dt_data, weights.a[i], stages)
+            stages.append(term_.vf(t_nodes[i], y_i, stats, args))
+        y1 = y_i if tableau.ssal else combine(y0, dt_data, weights.b, stages)
+        with torch.no_grad():
+            error = combine(None, dt_data, weights.b_err, stages)
+        if tableau.fsal:
+            state = ERKState(state.tableau, stages[-1])
+        # ``k`` is the list of stages here; build_interpolation stacks it when needed.
+        return StepResult(y1, error), ERKInterpolationData(tableau, t0, dt, y0, y1, stages), state, None
+
+    def build_interpolation(self, data: ERKInterpolationData):
+        return super().build_interpolation(data._replace(k=torch.stack(data.k)))
+
+
+class Dopri5(_SeparateStages, to.Dopri5):
+    """Dormand–Prince 5(4) (torchode's tableau and interpolant), stages kept separate."""
+
+
+class Tsit5(_SeparateStages, to.Tsit5):
+    """Tsitouras 5(4) (torchode's tableau and interpolant), stages kept separate."""
+
+
+class Heun(_SeparateStages, to.Heun):
+    """Heun's method (torchode's tableau and interpolant), stages kept separate."""
+
+
+class IntegralController(to.IntegralController):
+    """torchode's integral step-size controller, deciding without autograd history.
+
+    Step sizes are constants to the gradient (``backprop_through_step_size_control=False``),
+    so the error norm and the accept/reject decision need no graph; torchode's controller
+    records one anyway, which holds ``|y0|``, ``|y1|`` and the error bounds of every step
+    until backward.
+    """
+
+    def adapt_step_size(self, *args, **kwargs):
+        with torch.no_grad():
+            return super().adapt_step_size(*args, **kwargs)
