@@ -15,7 +15,13 @@ on real MNIST batches with each speed-up switched off and on, side by side in on
 - ``node-major``: the ``[B, N]`` state stored node-major (:mod:`graphode._layout`), so
   that the sparse product needs no transposes, instead of row-major;
 - ``contiguous transposes`` (an alternative to node-major, measured slower): explicit
-  ``.contiguous()`` transposes around the sparse product.
+  ``.contiguous()`` transposes around the sparse product;
+- ``fused combinations``: each Runge–Kutta stage input computed by one Triton kernel
+  forward and one backward (``graphode.kernels.FusedCombination``) instead of one torch
+  kernel per term;
+- ``fused leaky``: the field's ``(b - v + a + u) / τ`` in one Triton kernel forward and one
+  backward (``graphode.kernels.LeakyIntegrator``) instead of four torch ops, two of them
+  broadcasting per-neuron vectors.
 
 Then ``torch.profiler`` tables of the CUDA kernels of the variants in ``PROFILED``.
 
@@ -68,7 +74,8 @@ def step_timings(model, images, labels, steps: int) -> dict:
             "f_evals": int(med[5]), "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 
-FLAG_NAMES = ("contracted pool", "precomputed", "separate stages", "node-major", "contiguous transposes")
+FLAG_NAMES = ("contracted pool", "precomputed", "separate stages", "node-major", "contiguous transposes", "fused combinations",
+              "fused leaky")
 VARIANTS = [  # flags in FLAG_NAMES order
     (False, False, False, False, False),
     (True, False, False, False, False),
@@ -78,17 +85,21 @@ VARIANTS = [  # flags in FLAG_NAMES order
     (True, True, True, False, False),
     (True, True, False, True, False),
     (True, True, True, True, False),
+    (True, True, True, True, False, True),
+    (True, True, True, True, False, False, True),
+    (True, True, True, True, False, True, True),
 ]
-PROFILED = [(True, True, True, False, False), (True, True, True, True, False)]
+PROFILED = [(True, True, True, True, False), (True, True, True, True, False, True, True)]
 
 
 def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages: bool = True,
-                node_major: bool = True, contiguous_transposes: bool = False) -> None:
+                node_major: bool = True, contiguous_transposes: bool = False, fused_combinations: bool = False,
+                fused_leaky: bool = False) -> None:
     import importlib
 
     import torchode
 
-    from graphode import runge_kutta
+    from graphode import kernels, runge_kutta
     from graphode._layout import node_major as graphode_node_major, node_major_grad as graphode_node_major_grad
 
     # (the package exports the function solve, which shadows the module's name)
@@ -98,6 +109,12 @@ def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages
     ro.__dict__.pop("_pool_linear", None)
     dyn.__dict__.pop("precomputed", None)
     dyn.__dict__.pop("recurrent_input", None)
+    if not hasattr(kernels, "combination_supported_original"):
+        kernels.combination_supported_original = kernels.combination_supported
+    kernels.combination_supported = kernels.combination_supported_original if fused_combinations else (lambda *a: False)
+    if not hasattr(kernels, "leaky_supported_original"):
+        kernels.leaky_supported_original = kernels.leaky_supported
+    kernels.leaky_supported = kernels.leaky_supported_original if fused_leaky else (lambda *a: False)
     identity = lambda v: v  # noqa: E731
     solve_module.node_major = dynamics_module.node_major = graphode_node_major if node_major else identity
     solve_module.node_major_grad = graphode_node_major_grad if node_major else identity
@@ -165,7 +182,7 @@ def main() -> None:
         set_variant(model, *variant)
         torch.cuda.empty_cache()
         r = step_timings(model, images, labels, args.steps)
-        flags = " | ".join(yes_no[v] for v in variant)
+        flags = " | ".join(yes_no[v] for v in (*variant, False, False, False)[:len(FLAG_NAMES)])
         emit(f"| {flags} | {r['step']:.3f} | {r['solve']:.3f} |"
              f" {r['readout']:.3f} | {r['backward']:.3f} | {r['adam']:.4f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
     set_variant(model, *VARIANTS[-1])
@@ -187,7 +204,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             torch.cuda.synchronize()
-        flags = ", ".join(f"{name} {yes_no[v]}" for name, v in zip(FLAG_NAMES, variant))
+        flags = ", ".join(f"{name} {yes_no[v]}" for name, v in zip(FLAG_NAMES, (*variant, False, False, False)))
         emit(f"## CUDA kernels of one step ({flags})\n")
         emit("```")
         emit(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))

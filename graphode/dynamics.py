@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._graph_state import GraphTensors
+from . import kernels
 from ._layout import node_major
 from .layer import ConnectomeConv
 from .synapses import SynapseWeights, inverse_softplus
@@ -280,10 +281,16 @@ class ConnectomeDynamics(GraphTensors):
     def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
         if v.dim() != 2 or v.size(1) != self.num_nodes:
             raise ValueError(f"state must be [B, {self.num_nodes}], got {tuple(v.shape)}")
-        rhs = self.resting() - v
-        if self.recurrent:
-            rhs = rhs + self.recurrent_input(v)
+        a = self.recurrent_input(v) if self.recurrent else None
         u = self.drive(t, stimulus)
+        bias, tau = self.resting(), self.tau()
+        if kernels.leaky_supported(v, a, u, bias, tau):
+            # one kernel each way instead of four elementwise ops, two of them broadcasting
+            # per-neuron vectors (slow, strided kernels), and their backward
+            return kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
+        rhs = bias - v
+        if a is not None:
+            rhs = rhs + a
         if u is not None:
             rhs = rhs + u
-        return rhs / self.tau()
+        return rhs / tau

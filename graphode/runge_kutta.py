@@ -34,7 +34,9 @@ from torch import Tensor
 from torchode.single_step_methods.base import StepResult
 from torchode.single_step_methods.runge_kutta import ButcherTableau, ERKInterpolationData, ERKState
 
-__all__ = ["Dopri5", "Tsit5", "Heun", "IntegralController"]
+from . import kernels
+
+__all__ = ["Dopri5", "Tsit5", "Heun", "IntegralController", "combine"]
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,19 @@ def combine(y0: Tensor | None, dt: Tensor, weights: tuple[float, ...], stages: l
     """``y0 + dt · Σ_j weights[j] · stages[j]`` (``dt · Σ …`` without ``y0``).
 
     ``y0, stages[j]: [B, N]``, ``dt: [B, 1]``; zero weights are skipped. The result has the
-    memory layout of the stages (elementwise ops keep it).
+    memory layout of the stages. On CUDA, float32 operands go through one fused Triton
+    kernel forward and one backward (:class:`graphode.kernels.FusedCombination`); torch
+    needs a kernel per term each way.
     """
-    acc = None
-    for w, k in zip(weights, stages):
-        if w == 0.0:
-            continue
-        acc = k * w if acc is None else acc.add(k, alpha=w)
-    if acc is None:
+    terms = [(w, k) for w, k in zip(weights, stages) if w != 0.0]
+    if not terms:
         return torch.zeros_like(stages[0]) if y0 is None else y0
+    coefficients, used = zip(*terms)
+    if kernels.combination_supported(y0, dt, list(used)):
+        return kernels.FusedCombination.apply(dt, coefficients, y0, *used)
+    acc = None
+    for w, k in terms:
+        acc = k * w if acc is None else acc.add(k, alpha=w)
     return acc * dt if y0 is None else torch.addcmul(y0, dt, acc)
 
 

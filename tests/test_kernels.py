@@ -134,3 +134,142 @@ def test_compiled_kernels_on_cuda_equal_csr():
             res.append((y.detach(), xr.grad, wr.grad))
         for a, b in zip(*res):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# Runge–Kutta stage combinations
+# ---------------------------------------------------------------------------------------
+def _stages(b, n, terms, node_major, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = (lambda: torch.randn(n, b, generator=g).t()) if node_major else (lambda: torch.randn(b, n, generator=g))
+    return make(), [make() for _ in range(terms)], torch.rand(b, 1, generator=g)
+
+
+@pytest.mark.parametrize("node_major", [True, False])
+@pytest.mark.parametrize("with_y0", [True, False])
+@pytest.mark.parametrize("terms", [1, 3, 7])
+def test_fused_combination_matches_torch_forward_and_backward(node_major, with_y0, terms, monkeypatch):
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
+    y0, ks, dt = _stages(5, 37, terms, node_major, seed=terms)
+    coefficients = [0.5 - 0.3 * j for j in range(terms)]
+    y0 = y0.to(DEVICE).requires_grad_(True) if with_y0 else None
+    ks = [k.to(DEVICE).requires_grad_(True) for k in ks]
+    dt = dt.to(DEVICE)
+    assert kernels.combination_supported(y0, dt, ks)
+    out = kernels.FusedCombination.apply(dt, tuple(coefficients), y0, *ks)
+    ref = dt * sum(c * k.double() for c, k in zip(coefficients, ks)) + (0 if y0 is None else y0.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
+    assert out.stride() == ks[0].stride()  # the stages' layout is kept
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    inputs = ks if y0 is None else [y0, *ks]
+    got = torch.autograd.grad(out, inputs, upstream)
+    expected = ([upstream] if y0 is not None else []) + [c * dt * upstream for c in coefficients]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+
+
+def test_fused_combination_refuses_what_it_cannot_index(monkeypatch):
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
+    y0, ks, dt = _stages(4, 9, 3, node_major=True)
+    y0, ks, dt = y0.to(DEVICE), [k.to(DEVICE) for k in ks], dt.to(DEVICE)
+    assert kernels.combination_supported(y0, dt, ks)
+    assert not kernels.combination_supported(y0.contiguous(), dt, ks)  # mixed layouts
+    assert not kernels.combination_supported(y0, dt, [k.double() for k in ks])  # float64 stays exact in torch
+    assert not kernels.combination_supported(None, dt, ks * 3)  # more than MAX_TERMS
+    assert not kernels.combination_supported(None, dt, [k[:, ::2] for k in ks])  # not dense
+    assert not kernels.combination_supported(None, dt.t(), ks)
+
+
+def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch):
+    from torch_geometric.data import Data
+
+    from graphode.dynamics import ConnectomeDynamics
+    from graphode.solve import solve
+
+    g = torch.Generator().manual_seed(0)
+    n = 12
+    edge_index = torch.randint(0, n, (2, 40), generator=g)
+    d = Data(edge_index=edge_index, sign=torch.ones(40), syn_weight=torch.rand(40, generator=g), num_nodes=n)
+    dyn = ConnectomeDynamics(d, activation="tanh", backend="csr", tau_mode="per_neuron", bias_mode="per_neuron").to(DEVICE)
+    y0 = torch.randn(3, n, generator=g).to(DEVICE)
+    u = torch.randn(3, n, generator=g).to(DEVICE)
+
+    def run():
+        sol = solve(dyn, y0, (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0], rtol=1e-5, atol=1e-6)
+        grads = torch.autograd.grad(sol.ys.square().sum(), list(dyn.parameters()))
+        return sol, grads
+
+    calls = {"combination": 0, "leaky": 0}
+
+    def counted(name, fn):
+        return lambda *a: (calls.__setitem__(name, calls[name] + 1), fn(*a))[1]
+
+    monkeypatch.setattr(kernels.FusedCombination, "apply", counted("combination", kernels.FusedCombination.apply))
+    monkeypatch.setattr(kernels.LeakyIntegrator, "apply", counted("leaky", kernels.LeakyIntegrator.apply))
+    fusing = kernels.fusing
+    monkeypatch.setattr(kernels, "fusing", lambda t: False)  # the reference: torch only
+    ref, ref_grads = run()
+    assert calls == {"combination": 0, "leaky": 0}
+    monkeypatch.setattr(kernels, "fusing", fusing)
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)  # on a CPU: run them interpreted
+    got, got_grads = run()
+    assert calls["combination"] > 0 and calls["leaky"] >= got.stats.n_f_evals
+    assert got.stats.n_f_evals == ref.stats.n_f_evals
+    # float32, summed in another order over a dozen steps
+    torch.testing.assert_close(got.ys, ref.ys, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# the leaky integrator (b - v + a + u) / τ
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("with_a", "with_u", "per_node"), [(True, True, True), (False, True, False), (True, False, True), (False, False, False)])
+def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype, with_a, with_u, per_node):
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
+    g = torch.Generator().manual_seed(0)
+    b, n = 5, 300  # 300 rows: several row blocks, the last one partial
+    state = lambda: torch.randn(n, b, generator=g, dtype=dtype).t().to(DEVICE).requires_grad_(True)  # noqa: E731
+    v = state()
+    a = state() if with_a else None
+    u = state() if with_u else None
+    size = n if per_node else 1
+    bias = torch.randn(size, generator=g, dtype=dtype).to(DEVICE).requires_grad_(True)
+    tau = (0.2 + torch.rand(size, generator=g, dtype=dtype)).to(DEVICE).requires_grad_(True)
+    assert kernels.leaky_supported(v, a, u, bias, tau)
+    out = kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
+    ref = (bias - v + (0 if a is None else a) + (0 if u is None else u)) / tau
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)  # float32: sums over the batch
+    torch.testing.assert_close(out, ref, **tol)
+    assert out.t().is_contiguous()
+    upstream = torch.randn(b, n, generator=g, dtype=dtype).to(DEVICE)  # row-major: backward converts it
+    inputs = [x for x in (v, a, u, bias, tau) if x is not None]
+    got = torch.autograd.grad(out, inputs, upstream)
+    expected = torch.autograd.grad(ref, inputs, upstream)
+    for x, e in zip(got, expected):
+        torch.testing.assert_close(x, e, **tol)
+
+
+def test_leaky_integrator_refuses_other_layouts(monkeypatch):
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
+    v = torch.randn(7, 3).t().to(DEVICE)
+    vec = torch.ones(7, device=DEVICE)
+    assert kernels.leaky_supported(v, v, None, vec, vec)
+    assert not kernels.leaky_supported(v.contiguous(), None, None, vec, vec)  # row-major state
+    assert not kernels.leaky_supported(v, v.contiguous(), None, vec, vec)  # mixed layouts
+    assert not kernels.leaky_supported(v, None, None, torch.ones(2, device=DEVICE), vec)  # neither [N] nor [1]
+    assert not kernels.leaky_supported(v, None, None, vec.double(), vec)
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", False)
+    assert kernels.leaky_supported(v, v, None, vec, vec) == (DEVICE == "cuda")
+
+
+def test_fused_combination_of_a_long_flat_state(monkeypatch):
+    # the adjoint's augmented state is [1, X]: more column tiles than a grid's second axis holds
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
+    g = torch.Generator().manual_seed(0)
+    x = 256 * 70_000 + 3 if DEVICE == "cuda" else 256 * 9 + 3  # the interpreter is slow
+    ks = [torch.randn(1, x, generator=g).to(DEVICE) for _ in range(2)]
+    dt = torch.full((1, 1), 0.5, device=DEVICE)
+    out = kernels.combination_forward(None, dt, [1.0, -2.0], ks)
+    torch.testing.assert_close(out, 0.5 * (ks[0] - 2 * ks[1]))
