@@ -198,7 +198,7 @@ def main() -> None:
     for variant in PROFILED:
         set_variant(model, *variant)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             loss = F.cross_entropy(model(images), labels)
             opt.zero_grad()
             loss.backward()
@@ -207,8 +207,15 @@ def main() -> None:
         flags = ", ".join(f"{name} {yes_no[v]}" for name, v in zip(FLAG_NAMES, (*variant, False, False, False)))
         emit(f"## CUDA kernels of one step ({flags})\n")
         emit("```")
-        emit(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+        emit(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
         emit("```")
+    # The last variant's operators with their input shapes: which torch op (and which
+    # operand shapes: a broadcast, a transposed copy) a slow kernel belongs to.
+    emit("\n## Operators of that step, by input shapes\n")
+    emit("```")
+    emit(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=40, max_shapes_column_width=90))
+    emit("```")
     if args.out:
         with open(args.out, "w") as fh:
             fh.write("\n".join(out) + "\n")

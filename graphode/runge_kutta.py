@@ -35,6 +35,7 @@ from torchode.single_step_methods.base import StepResult
 from torchode.single_step_methods.runge_kutta import ButcherTableau, ERKInterpolationData, ERKState
 
 from . import kernels
+from ._layout import node_major_grad
 
 __all__ = ["Dopri5", "Tsit5", "Heun", "IntegralController", "combine"]
 
@@ -106,7 +107,13 @@ class _SeparateStages:
         return StepResult(y1, error), ERKInterpolationData(tableau, t0, dt, y0, y1, stages), state, None
 
     def build_interpolation(self, data: ERKInterpolationData):
-        return super().build_interpolation(data._replace(k=torch.stack(data.k)))
+        # Gradients reach the interpolant row-major (torchode gathers them out of its
+        # [B, T, N] output buffer). Converted where they enter, they stay node-major through
+        # every step before; otherwise each accumulation into the steps' node-major
+        # gradients runs strided (graphode._layout).
+        return super().build_interpolation(data._replace(
+            y0=node_major_grad(data.y0), y1=node_major_grad(data.y1), k=torch.stack([node_major_grad(k) for k in data.k]),
+        ))
 
 
 class Dopri5(_SeparateStages, to.Dopri5):
