@@ -35,6 +35,7 @@ import os
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 try:  # triton ships with torch on Linux; keep graphode importable without it
     import triton
@@ -235,6 +236,7 @@ class TritonSpMM(torch.autograd.Function):
         return spmm_forward(graph.rowptr, graph.src, w_sorted.detach(), x.detach(), activation)
 
     @staticmethod
+    @once_differentiable  # the kernels have no derivative of their own: double backward raises
     def backward(ctx, grad_out: Tensor):
         w_sorted, x = ctx.saved_tensors
         graph = ctx.graph
@@ -410,6 +412,7 @@ class FusedCombination(torch.autograd.Function):
         return combination_forward(y0, dt.detach(), list(coefficients), [k.detach() for k in stages])
 
     @staticmethod
+    @once_differentiable  # the kernels have no derivative of their own: double backward raises
     def backward(ctx, grad: Tensor):
         (dt,) = ctx.saved_tensors
         needed = ctx.needs_input_grad[3:]
@@ -517,6 +520,7 @@ class LeakyIntegrator(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the kernels have no derivative of their own: double backward raises
     def backward(ctx, grad: Tensor):
         rhs, tau = ctx.saved_tensors
         grad = grad if grad.t().is_contiguous() else grad.t().contiguous().t()

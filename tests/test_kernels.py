@@ -273,3 +273,13 @@ def test_fused_combination_of_a_long_flat_state(monkeypatch):
     dt = torch.full((1, 1), 0.5, device=DEVICE)
     out = kernels.combination_forward(None, dt, [1.0, -2.0], ks)
     torch.testing.assert_close(out, 0.5 * (ks[0] - 2 * ks[1]))
+
+
+def test_fused_kernels_refuse_double_backward(monkeypatch):
+    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
+    v = torch.randn(4, 3).t().to(DEVICE).requires_grad_(True)
+    vec = torch.ones(4, device=DEVICE)
+    out = kernels.LeakyIntegrator.apply(v, None, None, vec, vec)
+    (g,) = torch.autograd.grad(out.square().sum(), v, create_graph=True)  # g depends on v
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        g.sum().backward()
