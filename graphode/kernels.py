@@ -22,11 +22,13 @@ result is deterministic.
 A third pair serves the Runge–Kutta solver (:mod:`graphode.runge_kutta`): a stage input
 ``y0 + dt_b · Σ_j c_j k_j`` in one pass over its ``[B, N]`` operands (torch needs one
 kernel per term), and its backward, all the scaled gradients ``c_j · dt_b · g`` from one
-read of ``g`` (:class:`FusedCombination`).
+read of ``g`` (:class:`FusedCombination`). A fourth computes the vector field's leaky
+integrator ``(b - v + a + u) / τ`` and, backward, ``±g/τ`` with the batch sums that are the
+gradients of ``b`` and ``τ`` (:class:`LeakyIntegrator`).
 
 The kernels run on CUDA tensors; with ``TRITON_INTERPRET=1`` Triton runs them on the CPU,
 which is how the tests check them without a GPU. Accumulation is in the input dtype
-(float32 or float64).
+(float32 or float64; the stage sums take float32 only).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "triton_available", "KERNEL_ACTIVATIONS", "spmm_forward", "spmm_backward", "TritonSpMM",
-    "MAX_TERMS", "combination_forward", "combination_backward", "FusedCombination",
+    "MAX_TERMS", "combination_supported", "combination_forward", "combination_backward", "FusedCombination",
+    "leaky_supported", "LeakyIntegrator", "fusing", "FUSE_IN_INTERPRETER",
 ]
 
 # Activation codes understood by the kernels.
@@ -325,7 +328,8 @@ def _combination_grid(shape: torch.Size, node_major: bool) -> tuple[int, int, tu
     b, n = shape
     r, c = (n, b) if node_major else (b, n)
     block_c = min(256, triton.next_power_of_2(max(c, 1)))
-    block_r = max(1, 2048 // block_c)
+    block_r = min(max(1, 2048 // block_c), triton.next_power_of_2(max(r, 1)))
+    block_c = min(triton.next_power_of_2(max(c, 1)), 2048 // block_r)  # few rows: wider tiles
     return r, c, (triton.cdiv(r, block_r) * triton.cdiv(c, block_c),), block_r, block_c
 
 
@@ -348,7 +352,7 @@ def _layout_of(tensors: list[Tensor]) -> bool | None:
 def combination_supported(y0: Tensor | None, dt: Tensor, stages: list[Tensor]) -> bool:
     """Whether the fused kernels take these operands: float32 on CUDA (:func:`fusing`; the coefficients
     are passed as float32 scalars, so float64 stays with torch), 1–7 equally laid out dense
-    ``[B, N]`` tensors, ``dt [B, 1]``."""
+    ``[B, N]`` tensors, ``dt [B, 1]`` on their device and not requiring grad."""
     if triton is None or not stages or len(stages) > MAX_TERMS:
         return False
     tensors = stages if y0 is None else [y0, *stages]
@@ -356,7 +360,8 @@ def combination_supported(y0: Tensor | None, dt: Tensor, stages: list[Tensor]) -
     return (
         fusing(first) and first.dim() == 2 and first.dtype == torch.float32
         and all(t.dtype == torch.float32 and t.device == first.device for t in tensors)
-        and dt.shape == (first.size(0), 1) and dt.dtype == torch.float32
+        and dt.shape == (first.size(0), 1) and dt.dtype == torch.float32 and dt.device == first.device
+        and not dt.requires_grad  # the kernels treat step sizes as constants
         and _layout_of(tensors) is not None
     )
 
@@ -402,7 +407,9 @@ class FusedCombination(torch.autograd.Function):
 
     Shapes: forward(dt ``[B, 1]``, coefficients (floats), y0 ``[B, N]`` or None, *stages
     ``[B, N]``) → ``[B, N]``. ``dt`` is a constant to the gradient (step sizes are, in
-    graphode's solves).
+    graphode's solves; :func:`combination_supported` refuses a ``dt`` that requires grad).
+    Under ``create_graph`` the backward is computed with torch ops, so that it can be
+    differentiated again.
     """
 
     @staticmethod
@@ -412,13 +419,15 @@ class FusedCombination(torch.autograd.Function):
         return combination_forward(y0, dt.detach(), list(coefficients), [k.detach() for k in stages])
 
     @staticmethod
-    @once_differentiable  # the kernels have no derivative of their own: double backward raises
     def backward(ctx, grad: Tensor):
         (dt,) = ctx.saved_tensors
         needed = ctx.needs_input_grad[3:]
-        coefficients = [c for c, need in zip(ctx.coefficients, needed) if need]
-        scaled = iter(combination_backward(grad, dt.detach(), coefficients) if coefficients else [])
-        grads = [next(scaled) if need else None for need in needed]
+        if torch.is_grad_enabled():  # create_graph: differentiable torch expressions
+            grads = [grad * (c * dt) if need else None for c, need in zip(ctx.coefficients, needed)]
+        else:
+            coefficients = [c for c, need in zip(ctx.coefficients, needed) if need]
+            scaled = iter(combination_backward(grad, dt, coefficients) if coefficients else [])
+            grads = [next(scaled) if need else None for need in needed]
         return (None, None, grad if ctx.has_y0 else None, *grads)
 
 
@@ -495,12 +504,29 @@ def _leaky_launch(v: Tensor):
     return n, b, block_n, block_b
 
 
+def _leaky_backward_torch(ctx, grad: Tensor, rhs: Tensor, tau: Tensor):
+    gs = grad / tau
+    need = ctx.needs_input_grad
+
+    def per_vector(x: Tensor, per_node: bool) -> Tensor:
+        return x.sum(0) if per_node else x.sum().reshape(1)
+
+    return (
+        -gs if need[0] else None,
+        gs if need[1] else None,
+        gs if need[2] else None,
+        per_vector(gs, ctx.bias_per_node) if need[3] else None,
+        per_vector(-gs * rhs, tau.numel() == rhs.size(1)) if need[4] else None,
+    )
+
+
 class LeakyIntegrator(torch.autograd.Function):
     """``(b - v + a + u) / τ`` in one kernel forward and one backward (which also reduces
     the gradients of ``b`` and ``τ`` over the batch). Check :func:`leaky_supported` first.
 
     Shapes: forward(v ``[B, N]``, a ``[B, N]`` or None, u ``[B, N]`` or None, bias ``[N]``
-    or ``[1]``, tau ``[N]`` or ``[1]``) → ``[B, N]`` node-major.
+    or ``[1]``, tau ``[N]`` or ``[1]``) → ``[B, N]`` node-major. Under ``create_graph`` the
+    backward is computed with torch ops, so that it can be differentiated again.
     """
 
     @staticmethod
@@ -520,9 +546,10 @@ class LeakyIntegrator(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable  # the kernels have no derivative of their own: double backward raises
     def backward(ctx, grad: Tensor):
         rhs, tau = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiable torch expressions
+            return _leaky_backward_torch(ctx, grad, rhs, tau)
         grad = grad if grad.t().is_contiguous() else grad.t().contiguous().t()
         n, b, block_n, block_b = _leaky_launch(rhs)
         grad_s, grad_neg = torch.empty_like(rhs), torch.empty_like(rhs)

@@ -19,9 +19,11 @@ interpolants) with
 - the stacked ``[S, B, N]`` stages built only when a dense-output interpolation is needed
   (a step that passes an evaluation time).
 
-They are drop-in ``step_method`` objects for ``torchode.AutoDiffAdjoint``. Accepted steps,
-solutions and gradients equal torchode's up to floating-point summation order (tests
-compare them in float64).
+They are drop-in ``step_method`` objects for ``torchode.AutoDiffAdjoint`` with
+``backprop_through_step_size_control=False`` (as :func:`graphode.solve.solve` runs it): the
+step sizes must be constants to the gradient, since the error estimate and the controller
+record no derivatives. Accepted steps, solutions and gradients equal torchode's up to
+floating-point summation order (tests compare them in float64).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torchode as to
 from torch import Tensor
+from torchode.interpolation import FourthOrderPolynomialInterpolation
 from torchode.single_step_methods.base import StepResult
 from torchode.single_step_methods.runge_kutta import ButcherTableau, ERKInterpolationData, ERKState
 
@@ -80,7 +83,11 @@ def combine(y0: Tensor | None, dt: Tensor, weights: tuple[float, ...], stages: l
 
 
 class _SeparateStages:
-    """Mixin over ``torchode.ExplicitRungeKutta`` (see the module docs)."""
+    """Mixin over ``torchode.ExplicitRungeKutta`` (see the module docs).
+
+    Its ``ERKInterpolationData.k`` holds the list of stages, not torchode's stacked tensor;
+    only this class's ``build_interpolation`` reads it.
+    """
 
     _weights: _Weights | None = None
 
@@ -117,7 +124,29 @@ class _SeparateStages:
 
 
 class Dopri5(_SeparateStages, to.Dopri5):
-    """Dormand–Prince 5(4) (torchode's tableau and interpolant), stages kept separate."""
+    """Dormand–Prince 5(4) (torchode's tableau and interpolant), stages kept separate.
+
+    The dense output is torchode's ``FourthOrderPolynomialInterpolation.from_k`` written on
+    the list of stages: the midpoint is one stage sum (:func:`combine`) where torchode
+    stacks the seven stages and contracts them.
+    """
+
+    _midpoint: tuple[float, ...] | None = None
+
+    def build_interpolation(self, data: ERKInterpolationData):
+        if self._midpoint is None:
+            self._midpoint = tuple(self.tableau.b_other[0].tolist())
+        dt = data.dt.to(dtype=data.y0.dtype).unsqueeze(1)
+        y0, y1 = data.y0, data.y1
+        f0, f1 = dt * data.k[0], dt * data.k[-1]
+        y_mid = combine(y0, dt, self._midpoint, data.k)
+        a = (2 * (f1 - f0)).add(y1 + y0, alpha=-8).add(y_mid, alpha=16)
+        b = (5 * f0).add(f1, alpha=-3).add(y0, alpha=18).add(y1, alpha=14).add(y_mid, alpha=-32)
+        c = f1.add(f0, alpha=-4).add(y0, alpha=-11).add(y1, alpha=-5).add(y_mid, alpha=16)
+        # The interpolant's gradients arrive row-major (see _SeparateStages): converted at
+        # its five coefficients, they stay node-major through every step before.
+        coefficients = tuple(node_major_grad(x) for x in (y0, f0, c, b, a))
+        return FourthOrderPolynomialInterpolation(data.t0, data.t0 + data.dt, coefficients)
 
 
 class Tsit5(_SeparateStages, to.Tsit5):

@@ -147,10 +147,10 @@ def _stages(b, n, terms, node_major, seed=0):
 
 @pytest.mark.parametrize("node_major", [True, False])
 @pytest.mark.parametrize("with_y0", [True, False])
-@pytest.mark.parametrize("terms", [1, 3, 7])
-def test_fused_combination_matches_torch_forward_and_backward(node_major, with_y0, terms, monkeypatch):
+@pytest.mark.parametrize(("terms", "b", "n"), [(1, 5, 37), (3, 5, 37), (7, 5, 37), (2, 20, 600)])  # [20, 600]: many tiles both ways
+def test_fused_combination_matches_torch_forward_and_backward(node_major, with_y0, terms, b, n, monkeypatch):
     monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
-    y0, ks, dt = _stages(5, 37, terms, node_major, seed=terms)
+    y0, ks, dt = _stages(b, n, terms, node_major, seed=terms)
     coefficients = [0.5 - 0.3 * j for j in range(terms)]
     y0 = y0.to(DEVICE).requires_grad_(True) if with_y0 else None
     ks = [k.to(DEVICE).requires_grad_(True) for k in ks]
@@ -178,9 +178,11 @@ def test_fused_combination_refuses_what_it_cannot_index(monkeypatch):
     assert not kernels.combination_supported(None, dt, ks * 3)  # more than MAX_TERMS
     assert not kernels.combination_supported(None, dt, [k[:, ::2] for k in ks])  # not dense
     assert not kernels.combination_supported(None, dt.t(), ks)
+    assert not kernels.combination_supported(None, dt.clone().requires_grad_(True), ks)  # step sizes are constants
 
 
-def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch):
+@pytest.mark.parametrize("gradient", ["autodiff", "checkpoint", "adjoint"])
+def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch, gradient):
     from torch_geometric.data import Data
 
     from graphode.dynamics import ConnectomeDynamics
@@ -195,7 +197,7 @@ def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch):
     u = torch.randn(3, n, generator=g).to(DEVICE)
 
     def run():
-        sol = solve(dyn, y0, (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0], rtol=1e-5, atol=1e-6)
+        sol = solve(dyn, y0, (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0], rtol=1e-5, atol=1e-6, gradient=gradient, checkpoints=2)
         grads = torch.autograd.grad(sol.ys.square().sum(), list(dyn.parameters()))
         return sol, grads
 
@@ -214,29 +216,32 @@ def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch):
     monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)  # on a CPU: run them interpreted
     got, got_grads = run()
     assert calls["combination"] > 0 and calls["leaky"] >= got.stats.n_f_evals
-    assert got.stats.n_f_evals == ref.stats.n_f_evals
-    # float32, summed in another order over a dozen steps
+    # float32 summed in another order: a step may be accepted in one run and rejected in
+    # the other (the step counts then differ), so values agree to the solver's tolerance
+    assert abs(got.stats.n_f_evals - ref.stats.n_f_evals) <= 12
     torch.testing.assert_close(got.ys, ref.ys, rtol=1e-4, atol=1e-5)
     for a, b in zip(got_grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------
 # the leaky integrator (b - v + a + u) / τ
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("with_a", "with_u", "per_node"), [(True, True, True), (False, True, False), (True, False, True), (False, False, False)])
-def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype, with_a, with_u, per_node):
+@pytest.mark.parametrize(("with_a", "with_u", "bias_per_node", "tau_per_node", "b"), [
+    (True, True, True, True, 5), (False, True, False, False, 5), (True, False, True, False, 5),
+    (False, False, False, True, 5), (True, True, True, True, 300),  # 300 columns: the backward loops over column blocks
+])
+def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype, with_a, with_u, bias_per_node, tau_per_node, b):
     monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     g = torch.Generator().manual_seed(0)
-    b, n = 5, 300  # 300 rows: several row blocks, the last one partial
+    n = 300  # several row blocks, the last one partial
     state = lambda: torch.randn(n, b, generator=g, dtype=dtype).t().to(DEVICE).requires_grad_(True)  # noqa: E731
     v = state()
     a = state() if with_a else None
     u = state() if with_u else None
-    size = n if per_node else 1
-    bias = torch.randn(size, generator=g, dtype=dtype).to(DEVICE).requires_grad_(True)
-    tau = (0.2 + torch.rand(size, generator=g, dtype=dtype)).to(DEVICE).requires_grad_(True)
+    bias = torch.randn(n if bias_per_node else 1, generator=g, dtype=dtype).to(DEVICE).requires_grad_(True)
+    tau = (0.2 + torch.rand(n if tau_per_node else 1, generator=g, dtype=dtype)).to(DEVICE).requires_grad_(True)
     assert kernels.leaky_supported(v, a, u, bias, tau)
     out = kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
     ref = (bias - v + (0 if a is None else a) + (0 if u is None else u)) / tau
@@ -275,11 +280,26 @@ def test_fused_combination_of_a_long_flat_state(monkeypatch):
     torch.testing.assert_close(out, 0.5 * (ks[0] - 2 * ks[1]))
 
 
-def test_fused_kernels_refuse_double_backward(monkeypatch):
+def test_fused_kernels_can_be_differentiated_twice(monkeypatch):
+    # under create_graph the backward runs as torch ops: second derivatives equal torch's
     monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
-    v = torch.randn(4, 3).t().to(DEVICE).requires_grad_(True)
-    vec = torch.ones(4, device=DEVICE)
-    out = kernels.LeakyIntegrator.apply(v, None, None, vec, vec)
-    (g,) = torch.autograd.grad(out.square().sum(), v, create_graph=True)  # g depends on v
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        g.sum().backward()
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(9, 4, generator=g).t().to(DEVICE).requires_grad_(True)
+    a = torch.randn(9, 4, generator=g).t().to(DEVICE).requires_grad_(True)
+    bias = torch.randn(9, generator=g).to(DEVICE).requires_grad_(True)
+    tau = (0.5 + torch.rand(9, generator=g)).to(DEVICE).requires_grad_(True)
+    dt = torch.rand(4, 1, generator=g).to(DEVICE)
+    inputs = [v, a, bias, tau]
+
+    def second_derivatives(fused: bool):
+        if fused:
+            rhs = kernels.LeakyIntegrator.apply(v, a, None, bias, tau)
+            out = kernels.FusedCombination.apply(dt, (0.5, -1.5), v, rhs, a)
+        else:
+            rhs = (bias - v + a) / tau
+            out = v + dt * (0.5 * rhs - 1.5 * a)
+        first = torch.autograd.grad(out.square().sum(), inputs, create_graph=True)
+        return torch.autograd.grad(sum(x.square().sum() for x in first), inputs)
+
+    for got, expected in zip(second_derivatives(True), second_derivatives(False)):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
