@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--checkpoint", default=None, help="a graphode train checkpoint.pt to load the trained model from")
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all variants; the table shows medians")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     assert torch.cuda.is_available(), "this profile needs a GPU"
@@ -171,17 +172,26 @@ def main() -> None:
     images, labels = images.cuda(), labels.cuda()
     emit(f"# Training-step profile\n\n{datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__}"
          f" · {model.num_nodes} neurons · B = {args.batch} · hidden {model.config['hidden']} · "
-         f"{'trained checkpoint' if args.checkpoint else 'fresh model'} · median of {args.steps} steps\n")
+         f"{'trained checkpoint' if args.checkpoint else 'fresh model'} · median of {args.steps} steps,"
+         f" then of {args.repeats} interleaved rounds\n")
     emit("| " + " | ".join(FLAG_NAMES) + " | step s | solve s | readout s | backward s | Adam s | f-evals | peak GB |")
     emit("|---" * (len(FLAG_NAMES) + 7) + "|")
     # Every variant starts from the same weights: the timed Adam steps change the network.
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     yes_no = {True: "yes", False: "no"}
+    # Variants take turns, `repeats` rounds: a single pass per variant was off by up to 15%
+    # (a slow spell of the GPU lands on whichever variant runs then); each cell is the
+    # median over the rounds.
+    rounds = {variant: [] for variant in VARIANTS}
+    for _ in range(args.repeats):
+        for variant in VARIANTS:
+            model.load_state_dict(initial)
+            set_variant(model, *variant)
+            torch.cuda.empty_cache()
+            rounds[variant].append(step_timings(model, images, labels, args.steps))
     for variant in VARIANTS:
-        model.load_state_dict(initial)
-        set_variant(model, *variant)
-        torch.cuda.empty_cache()
-        r = step_timings(model, images, labels, args.steps)
+        r = {key: statistics.median(run[key] for run in rounds[variant]) for key in rounds[variant][0]}
+        r["f_evals"] = int(r["f_evals"])
         flags = " | ".join(yes_no[v] for v in (*variant, False, False, False)[:len(FLAG_NAMES)])
         emit(f"| {flags} | {r['step']:.3f} | {r['solve']:.3f} |"
              f" {r['readout']:.3f} | {r['backward']:.3f} | {r['adam']:.4f} | {r['f_evals']} | {r['peak_gb']:.1f} |")

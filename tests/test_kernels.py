@@ -245,7 +245,7 @@ def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype,
     assert kernels.leaky_supported(v, a, u, bias, tau)
     out = kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
     ref = (bias - v + (0 if a is None else a) + (0 if u is None else u)) / tau
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)  # float32: sums over the batch
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)  # float32: sums over up to 300 columns
     torch.testing.assert_close(out, ref, **tol)
     assert out.t().is_contiguous()
     upstream = torch.randn(b, n, generator=g, dtype=dtype).to(DEVICE)  # row-major: backward converts it
