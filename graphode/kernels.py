@@ -259,21 +259,29 @@ if triton is not None:
     # [N, B] for node-major states (the sample is the column), [B, N] otherwise (the row).
 
     @triton.jit
-    def _tile(R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _tile(dt, R, C, NODE_MAJOR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        """This program's tile: memory offsets ``[BLOCK_R, BLOCK_C]``, their mask, and each
+        element's step size (the sample is the column when node-major, else the row)."""
         # a 1-D grid of tiles: a flat [1, X] operand (the adjoint's augmented state) has
         # more column blocks than a grid's second axis may hold (65,535)
         pid = tl.program_id(0)
         tiles_c = tl.cdiv(C, BLOCK_C)
-        return (pid // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R), (pid % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+        rows = (pid // tiles_c) * BLOCK_R + tl.arange(0, BLOCK_R)
+        cols = (pid % tiles_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (rows < R)[:, None] & (cols < C)[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        if NODE_MAJOR:
+            step = tl.load(dt + cols, mask=cols < C)[None, :]
+        else:
+            step = tl.load(dt + rows, mask=rows < R)[:, None]
+        return offs, mask, step
 
     @triton.jit
     def _combination_fwd_kernel(
         out, y0, dt, k0, k1, k2, k3, k4, k5, k6, c0, c1, c2, c3, c4, c5, c6, R, C,
         TERMS: tl.constexpr, HAS_Y0: tl.constexpr, NODE_MAJOR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        rows, cols = _tile(R, C, BLOCK_R, BLOCK_C)
-        mask = (rows < R)[:, None] & (cols < C)[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        offs, mask, step = _tile(dt, R, C, NODE_MAJOR, BLOCK_R, BLOCK_C)
         acc = c0 * tl.load(k0 + offs, mask=mask)
         if TERMS > 1:
             acc += c1 * tl.load(k1 + offs, mask=mask)
@@ -287,10 +295,7 @@ if triton is not None:
             acc += c5 * tl.load(k5 + offs, mask=mask)
         if TERMS > 6:
             acc += c6 * tl.load(k6 + offs, mask=mask)
-        if NODE_MAJOR:
-            acc = acc * tl.load(dt + cols, mask=cols < C)[None, :]
-        else:
-            acc = acc * tl.load(dt + rows, mask=rows < R)[:, None]
+        acc = acc * step
         if HAS_Y0:
             acc += tl.load(y0 + offs, mask=mask)
         tl.store(out + offs, acc, mask=mask)
@@ -300,14 +305,8 @@ if triton is not None:
         g, dt, o0, o1, o2, o3, o4, o5, o6, c0, c1, c2, c3, c4, c5, c6, R, C,
         TERMS: tl.constexpr, NODE_MAJOR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        rows, cols = _tile(R, C, BLOCK_R, BLOCK_C)
-        mask = (rows < R)[:, None] & (cols < C)[None, :]
-        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
-        gd = tl.load(g + offs, mask=mask)
-        if NODE_MAJOR:
-            gd = gd * tl.load(dt + cols, mask=cols < C)[None, :]
-        else:
-            gd = gd * tl.load(dt + rows, mask=rows < R)[:, None]
+        offs, mask, step = _tile(dt, R, C, NODE_MAJOR, BLOCK_R, BLOCK_C)
+        gd = tl.load(g + offs, mask=mask) * step
         tl.store(o0 + offs, c0 * gd, mask=mask)
         if TERMS > 1:
             tl.store(o1 + offs, c1 * gd, mask=mask)
