@@ -89,13 +89,15 @@ class _SeparateStages:
     only this class's ``build_interpolation`` reads it.
     """
 
-    _weights: _Weights | None = None
+    _weights: _Weights  # the class's TABLEAU as Python floats, set once per subclass
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._weights = _Weights.of(cls.TABLEAU)
 
     def step(self, term, running, y0: Tensor, t0: Tensor, dt: Tensor, state: ERKState, *, stats, args):
         term_ = self.term if term is None else term
         tableau = state.tableau
-        if self._weights is None:
-            self._weights = _Weights.of(self.tableau)
         weights = self._weights
         dt_data = dt.to(dtype=y0.dtype).unsqueeze(1)
         reuse = tableau.fsal and state.prev_vf1 is not None
@@ -131,15 +133,13 @@ class Dopri5(_SeparateStages, to.Dopri5):
     stacks the seven stages and contracts them.
     """
 
-    _midpoint: tuple[float, ...] | None = None
+    _MIDPOINT = tuple(to.Dopri5.TABLEAU.b_other[0].tolist())  # the midpoint's stage weights
 
     def build_interpolation(self, data: ERKInterpolationData):
-        if self._midpoint is None:
-            self._midpoint = tuple(self.tableau.b_other[0].tolist())
         dt = data.dt.to(dtype=data.y0.dtype).unsqueeze(1)
         y0, y1 = data.y0, data.y1
         f0, f1 = dt * data.k[0], dt * data.k[-1]
-        y_mid = combine(y0, dt, self._midpoint, data.k)
+        y_mid = combine(y0, dt, self._MIDPOINT, data.k)
         a = (2 * (f1 - f0)).add(y1 + y0, alpha=-8).add(y_mid, alpha=16)
         b = (5 * f0).add(f1, alpha=-3).add(y0, alpha=18).add(y1, alpha=14).add(y_mid, alpha=-32)
         c = f1.add(f0, alpha=-4).add(y0, alpha=-11).add(y1, alpha=-5).add(y_mid, alpha=16)
