@@ -40,6 +40,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from graphode import kernels
 from graphode.datasets import load_mnist
 from graphode.models import ConnectomeClassifier
 
@@ -90,6 +91,8 @@ VARIANTS = [  # flags in FLAG_NAMES order
     (True, True, True, True, False, True, True),
 ]
 PROFILED = [(True, True, True, True, False), (True, True, True, True, False, True, True)]
+# set_variant swaps these out of graphode.kernels and puts them back
+_ORIGINAL = {name: getattr(kernels, name) for name in ("combination_supported", "leaky_supported")}
 
 
 def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages: bool = True,
@@ -99,7 +102,7 @@ def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages
 
     import torchode
 
-    from graphode import kernels, runge_kutta
+    from graphode import runge_kutta
     from graphode._layout import node_major as graphode_node_major, node_major_grad as graphode_node_major_grad
 
     # (the package exports the function solve, which shadows the module's name)
@@ -109,15 +112,12 @@ def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages
     ro.__dict__.pop("_pool_linear", None)
     dyn.__dict__.pop("precomputed", None)
     dyn.__dict__.pop("recurrent_input", None)
-    if not hasattr(kernels, "combination_supported_original"):
-        kernels.combination_supported_original = kernels.combination_supported
-    kernels.combination_supported = kernels.combination_supported_original if fused_combinations else (lambda *a: False)
-    if not hasattr(kernels, "leaky_supported_original"):
-        kernels.leaky_supported_original = kernels.leaky_supported
-    kernels.leaky_supported = kernels.leaky_supported_original if fused_leaky else (lambda *a: False)
+    never = lambda *a: False  # noqa: E731
+    kernels.combination_supported = _ORIGINAL["combination_supported"] if fused_combinations else never
+    kernels.leaky_supported = _ORIGINAL["leaky_supported"] if fused_leaky else never
     identity = lambda v: v  # noqa: E731
     solve_module.node_major = dynamics_module.node_major = graphode_node_major if node_major else identity
-    solve_module.node_major_grad = graphode_node_major_grad if node_major else identity
+    solve_module.node_major_grad = runge_kutta.node_major_grad = graphode_node_major_grad if node_major else identity
     if separate_stages:
         solve_module.METHODS["dopri5"] = runge_kutta.Dopri5
         solve_module.rk = runge_kutta
