@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 import torchode as to
 
-from graphode.dynamics import ConnectomeDynamics
+from graphode.dynamics import BoundDynamics
 from graphode.flyvis import fly_visual_system
 from graphode.inputs import random_pixels
 from graphode.layer import ConnectomeConv, SparseGraph, available_backends
@@ -345,7 +345,7 @@ def main() -> None:
     for gradient, backend in runs:
         if backend not in available_backends("cuda"):
             continue
-        dyn = ConnectomeDynamics(fly_cuda, tau=0.2, bias=0.5, backend=backend).cuda()
+        dyn = BoundDynamics(fly_cuda, tau=0.2, bias=0.5, backend=backend).cuda()
         retina = hex_retina(fly_cuda).cuda()
         res = graphode_step(fly_cuda, images, labels, readout, dyn, retina, args.rtol, args.atol, gradient)
         step_rows.append((f"graphode model (signed, normalised, relu), gradient={gradient}, backend={backend}", res))
@@ -370,7 +370,7 @@ def main() -> None:
         for gradient, backend in (("adjoint", "csr"), ("adjoint", "triton"), ("checkpoint", "csr")):
             if backend not in available_backends("cuda"):
                 continue
-            dyn = ConnectomeDynamics(brain, tau=0.2, bias=0.5, backend=backend, tau_mode="per_type", bias_mode="per_type").cuda()
+            dyn = BoundDynamics(brain, tau=0.2, bias=0.5, backend=backend, tau_mode="per_type", bias_mode="per_type").cuda()
             try:
                 r = graphode_step(brain, images, labels, head, dyn, proj, 1e-3, 1e-3, gradient)
                 emit(f"| {gradient} | {backend} | {r['seconds']:.2f} | {r['f_evals']} | {r['peak_gb']:.1f} |")

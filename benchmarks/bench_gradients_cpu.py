@@ -42,13 +42,13 @@ def run_case(method: str, T: float, extent: int, batch: int, tol: float, threads
     import torch
 
     warnings.filterwarnings("ignore")
-    from graphode.dynamics import ConnectomeDynamics
+    from graphode.dynamics import BoundDynamics
     from graphode.flyvis import fly_visual_system
     from graphode.solve import solve
 
     torch.set_num_threads(threads)
     data = fly_visual_system(extent)
-    dyn = ConnectomeDynamics(data, activation="relu", backend=backend, tau=1.0, weights="per_edge")
+    dyn = BoundDynamics(data, activation="relu", backend=backend, tau=1.0, weights="per_edge")
     g = torch.Generator().manual_seed(0)
     n = data.num_nodes
     y0 = 0.1 * torch.randn(batch, n, generator=g)

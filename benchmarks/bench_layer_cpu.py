@@ -84,7 +84,7 @@ def main() -> None:
 
     auto = ConnectomeConv("relu", backend="auto")
     auto(x0, data.edge_index, w0)
-    (choice,) = auto._chosen.values()
+    (choice,) = auto.backend.choices.values()
     ranking = auto.benchmark(auto.graph_for(data.edge_index, n), x0, w0)
     print(f"\nauto chooses: {choice}  (a fresh benchmark ranks: "
           + ", ".join(f"{b} {1e3 * s:.0f} ms" for b, s in ranking) + ")")

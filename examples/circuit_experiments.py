@@ -38,7 +38,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from graphode import ConnectomeDynamics, Stimulus, fly_visual_system, hex_retina
+from graphode import BoundDynamics, Stimulus, fly_visual_system, hex_retina
 from graphode.experiments import (
     Drive,
     Recording,
@@ -162,7 +162,7 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
 
     data = fly_visual_system(extent)
-    dyn = ConnectomeDynamics(data, tau=0.2, bias=0.5)
+    dyn = BoundDynamics(data, tau=0.2, bias=0.5)
     stim = flash_stimulus(data)
     ts = torch.linspace(0.0, T_END, 81)
     radius = max(1.0, extent / 2)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from _threads import add_threads_argument, apply_threads  # examples/_threads.py
-from graphode import ConnectomeDynamics, Stimulus, load_connectome, solve
+from graphode import BoundDynamics, Stimulus, load_connectome, solve
 from graphode.connectome import node_index
 
 HERE = Path(__file__).resolve().parent
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     # 3. Simulate: from rest (bias 0.5 gives every neuron resting activity, so inhibition
     #    shows), a step current from t = 1 to t = 3.
     torch.manual_seed(0)
-    dynamics = ConnectomeDynamics(data, activation="relu", tau=0.2, bias=0.5, weights="fixed", backend="pyg")
+    dynamics = BoundDynamics(data, activation="relu", tau=0.2, bias=0.5, weights="fixed", backend="pyg")
     on, off, t_end = 1.0, 3.0, 5.0
     stimulus = step_stimulus(data.num_nodes, stimulated, args.amplitude, on, off)
     ts = torch.linspace(0.0, t_end, 251)

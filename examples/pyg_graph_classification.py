@@ -1,29 +1,30 @@
 """Graph classification in an ordinary PyG loop, with a neural ODE on every graph.
 
-Each sample is a whole connectome-like graph (a ``Data`` from ``graphode.random_connectome``,
-20–60 neurons, different for every sample) with one label: does it come from the family with
-few inhibitory neurons (class 0, 10 %) or many (class 1, 50 %)? Nothing else tells them
-apart: sizes, degree distributions and synapse counts are drawn the same way.
+Each sample is a whole connectome (20–60 neurons of 4 cell types, different for every
+sample) with one label: its wiring rule. In class 0 every neuron of type ``t`` projects to
+type ``t + 1`` (mod 4), in class 1 to type ``t - 1``. Nothing simpler tells them apart: the
+in- and out-degree distributions, the synapse counts and the fraction of inhibitory neurons
+are drawn the same way in both classes, so a model has to let activity flow through the
+wiring to classify.
 
-The pieces, all standard PyG:
+Everything is a library module or standard PyG:
 
 * ``torch_geometric.loader.DataLoader`` batches graphs into one block-diagonal ``Batch``
-  (``edge_index`` offset, node tensors concatenated, ``batch`` maps nodes to graphs);
-* :class:`GraphVectorField` below is a graph-agnostic vector field: it gets the graph
-  (``edge_index`` and per-edge weights) as solver arguments, so one module serves every
-  batch. (:class:`graphode.ConnectomeDynamics` instead stores one graph's ``edge_index``
-  as a buffer, which suits one fixed connectome.) Its synaptic weights are
-  ``sign · softplus(θ[edge_type]) · syn_weight``: the data's signs and normalised synapse
-  counts with one learnable strength per (source type, target type) pair, shared by all
-  graphs, as ``SynapseWeights(mode="per_edge_type")`` does for one graph;
-* :func:`graphode.solve` integrates the whole batch as one ODE with state ``[1, N_total]``;
-* :class:`graphode.readout.PooledReadout` pools the output neurons of each graph with the
-  ``batch`` vector and gives ``[num_graphs, 2]`` logits.
+  (``edge_index`` offset, node and edge tensors concatenated, ``batch`` maps nodes to
+  graphs). The edge-type codes ``cell_type[src] * 4 + cell_type[dst]`` index one
+  vocabulary shared by all graphs, so they survive batching unchanged;
+* :class:`graphode.ConnectomeDynamics` takes the graph at every call: one strength per
+  edge type (``weights="per_edge_type"``, Dale's law from each graph's ``sign``), one τ and
+  one b shared by all neurons, and a learnable drive from the node features ``x``
+  (:class:`graphode.NodeDrive`: here ``x`` marks the input neurons);
+* :class:`graphode.GraphODEClassifier` solves the whole batch as one ODE and pools the
+  activity of each graph with :class:`graphode.PooledReadout` into ``[num_graphs, 2]``.
 
 Run::
 
-    python examples/pyg_graph_classification.py --quick     # CPU, a few seconds
+    python examples/pyg_graph_classification.py --quick     # CPU, about a minute
     python examples/pyg_graph_classification.py             # more graphs and epochs
+    python examples/pyg_graph_classification.py --quick --gradient adjoint
 
 Writes ``graph_classification.png`` (two sample graphs, loss and accuracy per epoch) to
 ``--out-dir`` (default ``runs/examples/pyg_graph_classification``).
@@ -38,81 +39,69 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from _threads import add_threads_argument, apply_threads  # examples/_threads.py
-from graphode import ConnectomeConv, random_connectome, solve  # first: it quiets a PyG import warning
-from graphode.readout import PooledReadout
-from graphode.synapses import inverse_softplus
+from graphode import (  # first: it quiets a PyG import warning
+    ConnectomeDynamics, GraphODEClassifier, NodeDrive, PooledReadout, validate_connectome,
+)
+from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 NUM_CELL_TYPES = 4
-FRAC_INHIBITORY = (0.1, 0.5)  # class 0, class 1
+FRAC_INHIBITORY = 0.2
 
 
-def make_graphs(num_graphs: int, seed: int) -> list:
-    """``num_graphs`` labelled graphs, classes alternating, sizes 20-60 neurons."""
+def wired_graph(label: int, gen: torch.Generator) -> Data:
+    """One connectome of 20–60 neurons whose type ``t`` projects to type ``t ± 1`` (mod 4)."""
+    k = NUM_CELL_TYPES
+    n = int(torch.randint(20, 61, (1,), generator=gen))
+    cell_type = torch.randperm(n, generator=gen) % k
+    step = 1 if label == 0 else -1
+    members = [torch.nonzero(cell_type == t).flatten() for t in range(k)]
+    src, dst = [], []
+    for i in range(n):
+        pool = members[(int(cell_type[i]) + step) % k]
+        degree = min(pool.numel(), 1 + int(torch.poisson(torch.tensor(3.0), generator=gen)))
+        src.append(torch.full((degree,), i))
+        dst.append(pool[torch.randperm(pool.numel(), generator=gen)[:degree]])
+    src, dst = torch.cat(src), torch.cat(dst)
+    order = torch.argsort(dst * n + src)  # graphode's layout: edges sorted by (post, pre)
+    src, dst = src[order], dst[order]
+    inhibitory = torch.rand(n, generator=gen) < FRAC_INHIBITORY
+    syn_count = 1.0 + torch.poisson(torch.full((src.numel(),), 2.0), generator=gen)
+    total_in = torch.zeros(n).index_add_(0, dst, syn_count)
+    input_mask = cell_type == 0
+    data = Data(
+        edge_index=torch.stack([src, dst]), num_nodes=n,
+        syn_count=syn_count, syn_weight=syn_count / total_in[dst],
+        sign=torch.where(inhibitory[src], -1.0, 1.0),
+        cell_type=cell_type, cell_type_names=[f"type{t}" for t in range(k)],
+        edge_type=cell_type[src] * k + cell_type[dst],
+        edge_type_names=[f"type{a}->type{b}" for a in range(k) for b in range(k)],
+        input_mask=input_mask, output_mask=torch.ones(n, dtype=torch.bool),
+        x=input_mask.float().unsqueeze(1),  # node features [N, 1]: the input neurons
+        y=torch.tensor([label]),
+    )
+    validate_connectome(data)
+    del data.cell_type_names, data.edge_type_names  # per-graph name lists would become lists of lists in a Batch
+    return data
+
+
+def make_graphs(num_graphs: int, seed: int) -> list[Data]:
+    """``num_graphs`` labelled graphs, classes alternating."""
     gen = torch.Generator().manual_seed(seed)
-    graphs = []
-    for i in range(num_graphs):
-        label = i % 2
-        n = int(torch.randint(20, 61, (1,), generator=gen))
-        data = random_connectome(n, 4 * n, num_cell_types=NUM_CELL_TYPES, frac_inhibitory=FRAC_INHIBITORY[label],
-                                 seed=seed * 100_003 + i)
-        data.y = torch.tensor([label])
-        # Per-graph lists (type names) would become lists of lists in a Batch; the codes suffice here.
-        del data.cell_type_names
-        graphs.append(data)
-    return graphs
+    return [wired_graph(i % 2, gen) for i in range(num_graphs)]
 
 
-class GraphVectorField(nn.Module):
-    r"""``τ dv/dt = −v + Σ_{j→i} w_ij relu(v_j) + b + u`` on whatever graph it is given.
-
-    Shapes: forward(t ``[1]``, v ``[1, N]``, edge_index ``[2, E]``, w ``[E]``, u ``[1, N]``)
-    → ``[1, N]``.
-    """
-
-    def __init__(self, num_edge_types: int, tau: float = 0.2, bias: float = 0.5, backend: str = "csr"):
-        super().__init__()
-        # With a new graph every batch, name the backend: "auto" would time all of them per graph.
-        self.conv = ConnectomeConv(activation="relu", backend=backend)
-        self.theta = nn.Parameter(torch.full((num_edge_types,), float(inverse_softplus(torch.tensor(1.0)))))
-        self.log_tau = nn.Parameter(torch.tensor(math.log(tau)))
-        self.bias = nn.Parameter(torch.tensor(bias))
-
-    def synapse_weights(self, sign: Tensor, syn_weight: Tensor, edge_type: Tensor) -> Tensor:
-        """Signed weights ``[E]``: Dale's law from ``sign``, one learnable strength per edge type."""
-        return sign * F.softplus(self.theta)[edge_type] * syn_weight
-
-    def forward(self, t: Tensor, v: Tensor, edge_index: Tensor, w: Tensor, u: Tensor) -> Tensor:
-        a = self.conv(v.t(), edge_index, w).t()  # ConnectomeConv works on [N, B]
-        return (-v + a + self.bias + u) / self.log_tau.exp()
-
-
-class GraphODEClassifier(nn.Module):
-    """Drive the input neurons, simulate every graph of the batch, pool the output neurons."""
-
-    def __init__(self, num_classes: int = 2, num_records: int = 4, t_end: float = 1.0):
-        super().__init__()
-        self.field = GraphVectorField(NUM_CELL_TYPES * NUM_CELL_TYPES)
-        self.input_gain = nn.Parameter(torch.tensor(1.0))
-        self.register_buffer("t_eval", torch.linspace(t_end / num_records, t_end, num_records))
-        self.t_end = t_end
-        # PooledReadout normalises activity within each (graph, cell type) group, which removes
-        # the groups' levels. Without positions (num_frequencies=0) a mean pool of the normalised
-        # features alone would be constant; keep_group_mean=True encodes each group's mean and
-        # spread too (92% test accuracy with --quick, against 87% for aggr="max" without them).
-        self.readout = PooledReadout(num_records, num_classes, NUM_CELL_TYPES, hidden=32, num_frequencies=0,
-                                     aggr="mean", keep_group_mean=True)
-
-    def forward(self, batch) -> Tensor:
-        w = self.field.synapse_weights(batch.sign, batch.syn_weight, batch.edge_type)
-        u = self.input_gain * batch.input_mask.to(w.dtype).unsqueeze(0)  # [1, N_total] step current
-        v0 = u.new_zeros(1, batch.num_nodes)
-        sol = solve(self.field, v0, (0.0, self.t_end), args=(batch.edge_index, w, u), t_eval=self.t_eval)
-        # sol.ys [1, R, N_total] → one row of logits per graph: [num_graphs, C]
-        return self.readout(sol.ys, batch.output_mask, batch.cell_type, None, batch.batch, batch.num_graphs)
+def build_model(gradient: str = "autodiff") -> GraphODEClassifier:
+    dynamics = ConnectomeDynamics(
+        num_cell_types=NUM_CELL_TYPES, num_edge_types=NUM_CELL_TYPES ** 2, weights="per_edge_type",
+        tau=0.2, tau_mode="shared", bias=0.0, bias_mode="shared", node_input=NodeDrive(node_features=1),
+    )
+    # PooledReadout normalises activity within each (graph, cell type) group, which removes
+    # the groups' levels; keep_group_mean=True encodes each group's mean and spread too,
+    # and without positions (num_frequencies=0) a mean pool needs them.
+    readout = PooledReadout(4, 2, NUM_CELL_TYPES, hidden=32, num_frequencies=0, aggr="mean", keep_group_mean=True)
+    return GraphODEClassifier(dynamics, readout, t_end=1.0, num_records=4, gradient=gradient)
 
 
 def run_epoch(model, loader, optimizer=None) -> tuple[float, float]:
@@ -134,11 +123,11 @@ def run_epoch(model, loader, optimizer=None) -> tuple[float, float]:
 
 def draw_graph(ax, data, title: str) -> None:
     n = int(data.num_nodes)
-    angle = 2 * math.pi * torch.arange(n) / n
-    xy = torch.stack([angle.cos(), angle.sin()], 1)
     src, dst = data.edge_index
     inhibitory_neuron = torch.zeros(n, dtype=torch.bool)
     inhibitory_neuron[src[data.sign < 0]] = True
+    angle = 2 * math.pi * (data.cell_type + torch.arange(n) / n) / NUM_CELL_TYPES  # one sector per type
+    xy = torch.stack([angle.cos(), angle.sin()], 1)
     for s, d, sg in zip(src.tolist(), dst.tolist(), data.sign.tolist()):
         ax.plot(*xy[[s, d]].T, color="tab:blue" if sg < 0 else "tab:red", lw=0.5, alpha=0.35)
     ax.scatter(*xy.T, s=28, c=["tab:blue" if i else "tab:red" for i in inhibitory_neuron], edgecolors="k", linewidths=0.4, zorder=3)
@@ -156,8 +145,9 @@ def plot(path: Path, graphs, history) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 4), gridspec_kw={"width_ratios": [1, 1, 1.3, 1.3]})
     for ax, g in zip(axes[:2], graphs):
         frac = float((torch.bincount(g.edge_index[0][g.sign < 0], minlength=g.num_nodes) > 0).float().mean())
-        draw_graph(ax, g, f"class {int(g.y)}: {g.num_nodes} neurons, {g.num_edges} synapses\n"
-                          f"{frac:.0%} of neurons inhibitory (blue)")
+        rule = "t → t+1" if int(g.y) == 0 else "t → t−1"
+        draw_graph(ax, g, f"class {int(g.y)} ({rule}): {g.num_nodes} neurons, {g.num_edges} synapses\n"
+                          f"{frac:.0%} of neurons inhibitory (blue); types by sector")
     epochs = [h["epoch"] for h in history]
     for key, ax, label in (("loss", axes[2], "cross-entropy"), ("acc", axes[3], "accuracy")):
         ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
@@ -176,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="240 training graphs, 8 epochs")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--gradient", default="autodiff", choices=["autodiff", "checkpoint", "adjoint"])
     p.add_argument("--out-dir", default="runs/examples/pyg_graph_classification")
     add_threads_argument(p)
     args = p.parse_args(argv)
@@ -193,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     example = next(iter(train_loader))
     print(f"{len(train_set)} training / {len(test_set)} test graphs; one batch: {example}")
 
-    model = GraphODEClassifier()
+    model = build_model(args.gradient)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     history = []
     for epoch in range(1, epochs + 1):
@@ -201,9 +192,11 @@ def main(argv: list[str] | None = None) -> None:
         test_loss, test_acc = run_epoch(model, test_loader)
         history.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc))
         print(f"epoch {epoch}: train loss {train_loss:.3f} acc {train_acc:.3f} | test loss {test_loss:.3f} acc {test_acc:.3f}")
-    strengths = F.softplus(model.field.theta.detach())
+    strengths = F.softplus(model.dynamics.synapses.theta.detach())
+    tau = model.dynamics.tau_min + F.softplus(model.dynamics.tau_raw.detach())
     print(f"chance: loss ln 2 = {math.log(2):.3f}, accuracy 0.5; learned edge-type strengths "
-          f"{strengths.min():.2f}–{strengths.max():.2f}, tau {model.field.log_tau.exp():.3f}")
+          f"{strengths.min():.2f}–{strengths.max():.2f}, tau {float(tau):.3f}")
+    print(f"final test accuracy {history[-1]['test_acc']:.3f}")
     plot(out / "graph_classification.png", [train_set[0], train_set[1]], history)
     print(f"wrote {out / 'graph_classification.png'} ({time.perf_counter() - t0:.1f} s)")
 

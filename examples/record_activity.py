@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from _threads import add_threads_argument, apply_threads  # examples/_threads.py
-from graphode import ConnectomeDynamics, Stimulus, fly_visual_system, hex_retina, solve
+from graphode import BoundDynamics, Stimulus, fly_visual_system, hex_retina, solve
 
 TRACE_TYPES = ["R1", "L1", "L2", "L3", "Mi1", "Tm3", "Mi4", "Mi9", "T4a", "T4b", "T5a", "Tm1"]
 IMAGE = (64, 64)  # fine enough for a smoothly moving bar
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.map_type not in names:
         raise SystemExit(f"unknown cell type {args.map_type!r}; choose from {', '.join(names)}")
     print(f"fly visual system: {data.num_nodes} neurons, {data.num_edges} synapses, {len(names)} cell types")
-    dynamics = ConnectomeDynamics(data, activation="relu", tau=0.1, bias=0.5)
+    dynamics = BoundDynamics(data, activation="relu", tau=0.1, bias=0.5)
 
     t_on, t_off, t_end = 0.2, 1.2, 1.8
     stimulus, frames_info = make_stimulus(args.stimulus, data, t_on, t_off)

@@ -6,7 +6,10 @@ Data flows one way::
 
 The public API in one import::
 
-    from graphode import fly_visual_system, ConnectomeDynamics, solve
+    from graphode import fly_visual_system, ConnectomeDynamics, BoundDynamics, solve
+
+``ConnectomeDynamics`` takes the graph at every call (any ``Data`` or ``Batch``);
+``BoundDynamics`` holds one connectome and allows per-synapse parameters.
 """
 
 import warnings as _warnings
@@ -23,13 +26,19 @@ from .connectome import (  # noqa: E402
     to_scipy,
     validate_connectome,
 )
-from .dynamics import ConnectomeDynamics, Stimulus  # noqa: E402
+from .dynamics import BoundDynamics, ConnectomeDynamics, Stimulus  # noqa: E402
+from .field import VectorField  # noqa: E402
+from .gradients import Adjoint, Autodiff, Checkpoint  # noqa: E402
 from .flyvis import fly_visual_system  # noqa: E402
-from .inputs import SparseProjection, hex_retina, random_pixels  # noqa: E402
-from .layer import ConnectomeConv, SparseGraph, available_backends  # noqa: E402
-from .models import ConnectomeClassifier, build_connectome  # noqa: E402
+from .inputs import NodeDrive, SparseProjection, hex_retina, random_pixels  # noqa: E402
+from .layer import (  # noqa: E402
+    AutoBackend, Backend, ConnectomeConv, CSRBackend, PygBackend, SparseGraph, SparseTensorBackend,
+    TorchScatterBackend, TritonBackend, available_backends, resolve_backend,
+)
+from .models import ConnectomeClassifier, GraphODEClassifier, build_connectome  # noqa: E402
 from .readout import LinearReadout, PooledReadout  # noqa: E402
 from .solve import Solution, SolverError, solve  # noqa: E402
+from .solvers import Adaptive, Dopri5, Euler, FixedStep, Heun, Tsit5  # noqa: E402
 from .synapses import SynapseWeights  # noqa: E402
 from .synthetic import random_connectome  # noqa: E402
 from .transforms import DegreePreservingShuffle  # noqa: E402
@@ -37,6 +46,27 @@ from .transforms import DegreePreservingShuffle  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adaptive",
+    "Adjoint",
+    "AutoBackend",
+    "Autodiff",
+    "Backend",
+    "CSRBackend",
+    "PygBackend",
+    "SparseTensorBackend",
+    "TorchScatterBackend",
+    "TritonBackend",
+    "resolve_backend",
+    "BoundDynamics",
+    "Checkpoint",
+    "Dopri5",
+    "Euler",
+    "FixedStep",
+    "GraphODEClassifier",
+    "Heun",
+    "NodeDrive",
+    "Tsit5",
+    "VectorField",
     "ConnectomeClassifier",
     "ConnectomeConv",
     "ConnectomeDynamics",

@@ -1,23 +1,40 @@
-r"""Neuron dynamics on a connectome: the vector field of the ODE.
+r"""Neuron dynamics on a connectome graph: the vector field of the ODE.
 
 .. math::
 
-    \tau \odot \frac{dv}{dt} = -v + A(v) + b + u(t),\qquad
+    \tau \odot \frac{dv}{dt} = -v + A(v) + b + d + u(t),\qquad
     A(v)_i = \sum_{j \to i} w_{ij}\, f(v_j)
 
 ``A`` is :class:`~graphode.layer.ConnectomeConv` with weights from
-:class:`~graphode.synapses.SynapseWeights`; ``tau > 0`` and ``b`` are learnable per neuron
-or per cell type; ``u(t)`` is the stimulus, injected per neuron (``[B, N]``), optionally
-through an input projection from ``F`` stimulus features.
+:class:`~graphode.synapses.SynapseWeights`; ``tau > 0`` and ``b`` are learnable per cell
+type (or shared, or fixed); ``d`` is an optional learnable drive per neuron from node
+features ``x [N, F]`` and per-graph stimuli (:class:`~graphode.inputs.NodeDrive`);
+``u(t)`` is the stimulus, per neuron (``[B, N]``) or through an input projection from
+``F`` stimulus features.
 
-The state is ``[B, N]`` (torchode's layout: every sample has its own time and step size).
+:class:`ConnectomeDynamics` takes the graph at every call, as a PyG convolution takes
+``edge_index``: one module serves every ``Data`` and every ``Batch`` of different
+connectomes, its parameters indexed by the graphs' cell-type and edge-type codes (a
+vocabulary of ``num_cell_types`` / ``num_edge_types``). :class:`BoundDynamics` is the form
+for one fixed connectome (PyG's ``cached=True``): it holds the graph, checks it once, and
+also allows per-synapse and per-neuron parameters, which only make sense for one graph.
+
+Both are :class:`~graphode.field.VectorField` s: :func:`~graphode.solve.solve` calls
+``prepare`` once per solve (graph attributes, the stimulus, active perturbations),
+``derive`` where the gradient method allows (weights ``[E]``, ``τ``, ``b``) and
+``evaluate`` at every step. Perturbations (:mod:`graphode.experiments`) are data that
+``prepare`` takes and the evaluation reads.
+
+The state is ``[B, N]`` (torchode's layout: every sample has its own time and step size);
+for a ``Batch`` of graphs ``N`` is the total number of nodes.
 """
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from typing import Callable, Iterator
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +43,16 @@ from torch import Tensor, nn
 from ._graph_state import GraphTensors
 from . import kernels
 from ._layout import node_major
+from .field import VectorField
 from .layer import ConnectomeConv
-from .synapses import SynapseWeights, inverse_softplus
+from .synapses import SynapseWeights, check_synapses, inverse_softplus, synapse_magnitude, vocabulary_size
 
-__all__ = ["ConnectomeDynamics", "Stimulus", "as_stimulus"]
+__all__ = [
+    "ConnectomeDynamics", "BoundDynamics", "Stimulus", "as_stimulus", "Perturbation",
+    "GraphInputs", "DynamicsInputs", "Derived", "NODE_MODES",
+]
+
+NODE_MODES = ("per_type", "shared", "fixed", "per_neuron")
 
 
 class Stimulus:
@@ -70,6 +93,12 @@ class Stimulus:
     def tensors(self) -> tuple[Tensor, ...]:
         return () if self.values is None else (self.values,)
 
+    def with_tensors(self, tensors) -> "Stimulus":
+        """The same stimulus reading ``tensors`` (as :meth:`tensors` lists them)."""
+        if self.values is None:
+            return self
+        return Stimulus(values=tensors[0], times=self.times, interpolation=self.interpolation)
+
     def __call__(self, t: Tensor) -> Tensor:
         """``t``: ``[B]`` (or scalar) → ``[B, F]``."""
         if self.fn is not None:
@@ -102,45 +131,119 @@ def as_stimulus(u) -> Stimulus | None:
     raise TypeError(f"cannot use {type(u).__name__} as a stimulus")
 
 
-class ConnectomeDynamics(GraphTensors):
-    r"""The vector field ``dv/dt = (−v + A(v) + b + u(t)) / τ`` on one connectome.
+
+class Perturbation:
+    """A change to the dynamics that the field reads as data: the base of
+    :class:`~graphode.experiments.Silence`, :class:`~graphode.experiments.Clamp` and
+    :class:`~graphode.experiments.Drive`.
+
+    :meth:`ConnectomeDynamics.prepare` resolves each active perturbation's neurons once per
+    solve; the solve then reads them from its inputs, so the backward pass of every gradient
+    method sees the perturbations that the forward solve saw. Subclasses override the
+    hooks they need (each gets ``index [K]``, the node indices of ``neurons``):
+
+    - ``output_gain(index, n) -> [N] | None``: a factor on each neuron's outgoing synapses;
+    - ``substitute(t, v, index) -> v``: the state every synapse reads;
+    - ``rate(t, v, v_read, dvdt, tau, index) -> dvdt``: the derivative after the field.
+    """
+
+    neurons: Any
+    order = 0  # rates are applied in this order (stable): a clamp (1) after every drive (0)
+
+    def output_gain(self, index: Tensor, num_nodes: int) -> Tensor | None:
+        return None
+
+    def substitute(self, t: Tensor, v: Tensor, index: Tensor) -> Tensor:
+        return v
+
+    def rate(self, t: Tensor, v: Tensor, v_read: Tensor, dvdt: Tensor, tau: Tensor, index: Tensor) -> Tensor:
+        return dvdt
+
+    def resolve(self, num_nodes: int) -> Tensor:
+        """The node indices ``[K]`` of ``neurons`` in a graph of ``num_nodes``."""
+        raise NotImplementedError  # pragma: no cover
+
+
+@dataclass
+class GraphInputs:
+    """What the dynamics read from a graph, once per solve (all on the graph's device).
+
+    ``edge_index [2, E]``, ``sign [E]``, ``magnitude [E]`` (``syn_weight`` or
+    ``syn_count``), ``edge_type [E]`` and ``cell_type [N]`` (None where the
+    parameterisation needs none), ``node_features [N, F]`` for a node drive (or None).
+    """
+
+    num_nodes: int
+    edge_index: Tensor
+    sign: Tensor | None
+    magnitude: Tensor | None
+    edge_type: Tensor | None
+    cell_type: Tensor | None
+    node_features: Tensor | None = None
+
+
+@dataclass
+class DynamicsInputs:
+    """The inputs of one solve: the graph, the stimulus, the perturbations (each with its
+    resolved node indices)."""
+
+    graph: GraphInputs
+    stimulus: Stimulus | None
+    perturbations: tuple[tuple[Perturbation, Tensor], ...] = ()
+
+
+@dataclass
+class Derived:
+    """Parameters as the evaluation reads them: ``weights [E]`` (edge order of
+    ``edge_index``), ``tau`` and ``bias`` ``[N]`` or ``[1]`` (``bias`` includes the node
+    drive)."""
+
+    weights: Tensor
+    tau: Tensor
+    bias: Tensor
+
+
+class ConnectomeDynamics(VectorField):
+    r"""The vector field ``dv/dt = (−v + A(v) + b + d + u(t)) / τ`` on the graph of each call.
 
     Args:
-        data: connectome ``Data`` (graphode layout: ``edge_index``, ``sign``,
-            ``syn_weight``/``syn_count``, optional ``cell_type``, ``edge_type``).
+        num_cell_types: size of the cell-type vocabulary (``per_type`` τ and b); the graphs'
+            ``cell_type`` codes must lie in ``[0, num_cell_types)``.
+        num_edge_types: size of the edge-type vocabulary (``weights="per_edge_type"``).
         activation: neuron nonlinearity ``f`` (see :class:`~graphode.layer.ConnectomeConv`).
-        backend: message-passing backend.
-        weights: synapse parameterisation (``per_edge``, ``per_edge_type``, ``fixed``).
-            The default ``per_edge`` differs from :class:`~graphode.models.ConnectomeClassifier`'s
-            ``per_edge_type`` on purpose: ``per_edge_type`` needs ``data.edge_type``, which a
-            graph without cell types lacks (``load_connectome`` of an edge list without a
-            node table), while ``per_edge`` works on every graph.
-        gain: scale of the initial synaptic magnitudes (see :mod:`graphode.synapses`).
+        backend: message-passing backend (a name or a backend object, see :mod:`graphode.layer`).
+        weights: ``per_edge_type`` or ``fixed`` (see :mod:`graphode.synapses`), or a
+            :class:`~graphode.synapses.SynapseWeights`.
+        gain: scale of the synaptic magnitudes (> 0).
         dale: keep synapse signs fixed.
-        tau: initial time constant (> 0), in the time units of the solve.
-        tau_mode, bias_mode: ``per_type`` (default; needs ``cell_type``), ``per_neuron``
-            or ``fixed``.
+        tau: initial time constant (> ``tau_min``), in the time units of the solve.
+        tau_mode, bias_mode: ``per_type`` (one per cell type), ``shared`` (one learnable
+            value), ``fixed`` (no parameter).
         tau_min: lower bound of τ (keeps the system from becoming arbitrarily stiff).
         bias: initial resting drive ``b``.
-        input_projection: optional module mapping stimulus features ``[B, F]`` to neuron
-            drive ``[B, N]``; without it the stimulus is per neuron already.
+        node_input: a learnable drive per neuron from node features and per-graph stimuli
+            (:class:`~graphode.inputs.NodeDrive`), added to ``b``.
+        input_projection: a module mapping stimulus features ``[B, F]`` to drive ``[B, N]``;
+            without it the stimulus is per neuron already.
         recurrent: set False to drop ``A(v)`` (the "no recurrent connections" ablation).
+        fuse: the fused leaky-integrator kernel: None (on CUDA when Triton is there), True
+            (also in Triton's interpreter, for tests), False (never).
 
     Shapes:
-        forward(t ``[B]``, v ``[B, N]``, stimulus) → ``[B, N]``.
-
-    The stimulus may be anything :func:`as_stimulus` accepts. :func:`~graphode.solve.solve`
-    wraps it once per solve (:meth:`prepare_args`), not at every evaluation, and computes
-    the parameters once per solve where the gradient method allows (:meth:`precomputed`).
+        forward(t ``[B]``, v ``[B, N]``, graph, stimulus=None) → ``[B, N]``; ``graph`` is a
+        PyG ``Data`` or ``Batch`` with ``edge_index``, ``sign``, ``syn_weight`` (or
+        ``syn_count``), and ``edge_type`` / ``cell_type`` / ``x`` where the chosen modes
+        read them. The stimulus may be anything :func:`as_stimulus` accepts.
     """
 
     def __init__(
         self,
-        data,
+        num_cell_types: int | None = None,
+        num_edge_types: int | None = None,
         *,
-        activation: str = "relu",
-        backend: str = "auto",
-        weights: str = "per_edge",
+        activation: str | Callable[[Tensor], Tensor] = "relu",
+        backend="auto",
+        weights: str | SynapseWeights = "per_edge_type",
         gain: float = 1.0,
         dale: bool = True,
         tau: float = 1.0,
@@ -148,149 +251,268 @@ class ConnectomeDynamics(GraphTensors):
         tau_min: float = 0.05,
         bias: float = 0.0,
         bias_mode: str = "per_type",
+        node_input: nn.Module | None = None,
         input_projection: nn.Module | None = None,
         recurrent: bool = True,
+        fuse: bool | None = None,
+        num_nodes: int | None = None,
     ):
         super().__init__()
-        if tau <= tau_min:
-            raise ValueError(f"tau ({tau}) must exceed tau_min ({tau_min})")
-        self.num_nodes = int(data.num_nodes)
-        cell_type = getattr(data, "cell_type", None)
-        if cell_type is None and "per_type" in (tau_mode, bias_mode):
-            tau_mode = "per_neuron" if tau_mode == "per_type" else tau_mode
-            bias_mode = "per_neuron" if bias_mode == "per_type" else bias_mode
-        self.register_graph(edge_index=data.edge_index.clone())
+        if hasattr(num_cell_types, "edge_index"):
+            raise TypeError(
+                "ConnectomeDynamics takes the graph at every call (forward(t, v, graph, stimulus)): build it with "
+                "ConnectomeDynamics.from_data(data, ...) or vocabulary sizes, or use BoundDynamics(data, ...) "
+                "for one fixed connectome"
+            )
+        if not (math.isfinite(tau) and math.isfinite(tau_min) and tau_min >= 0 and tau > tau_min):
+            raise ValueError(f"tau ({tau}) must be finite and exceed tau_min ({tau_min} >= 0)")
+        if not math.isfinite(bias):
+            raise ValueError(f"bias must be finite, got {bias}")
+        self.num_cell_types = None if num_cell_types is None else int(num_cell_types)
         self.conv = ConnectomeConv(activation=activation, backend=backend)
-        self.synapses = SynapseWeights.from_data(data, mode=weights, gain=gain, dale=dale)
+        if isinstance(weights, SynapseWeights):
+            self.synapses = weights
+        else:
+            self.synapses = SynapseWeights(weights, num_edge_types=num_edge_types, gain=gain, dale=dale)
         self.recurrent = recurrent
         self.tau_min = float(tau_min)
+        self.fuse = fuse
+        self.tau_mode, self.bias_mode = tau_mode, bias_mode
         raw_tau = float(inverse_softplus(torch.tensor(tau - tau_min)))
-        self._group_tensor("tau_raw", raw_tau, tau_mode, cell_type)
-        self._group_tensor("bias", bias, bias_mode, cell_type)
+        self._node_parameter("tau_raw", raw_tau, tau_mode, num_nodes)
+        self._node_parameter("bias", bias, bias_mode, num_nodes)
+        self.node_input = node_input
         self.input_projection = input_projection
-        self._precomputed: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # thread id → (w, τ, b)
+        self.perturbations: list[Perturbation] = []  # applied by graphode.experiments
 
-    def _group_tensor(self, name: str, value: float, mode: str, cell_type: Tensor | None) -> None:
-        """Register ``name`` (one value per neuron, per cell type, or one fixed value) and
-        ``name_index`` (the neuron → group map, or None)."""
-        index = None
-        if mode == "per_neuron":
-            setattr(self, name, nn.Parameter(torch.full((self.num_nodes,), value)))
-        elif mode == "per_type":
-            if cell_type is None:
-                raise ValueError(f"{name}: per_type needs data.cell_type")
-            index = cell_type.long()
-            setattr(self, name, nn.Parameter(torch.full((int(index.max()) + 1,), value)))
+    @classmethod
+    def from_data(cls, data, **options) -> "ConnectomeDynamics":
+        """Dynamics for graphs like ``data``: the vocabularies sized from its
+        ``cell_type``/``edge_type`` codes (their ``*_names``, else the largest code + 1)
+        where the chosen modes need them. For a dataset of graphs, pass the sizes of the
+        whole dataset's vocabulary instead."""
+        if "per_type" in (options.get("tau_mode", "per_type"), options.get("bias_mode", "per_type")):
+            options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
+        if options.get("weights", "per_edge_type") == "per_edge_type":
+            options.setdefault("num_edge_types", vocabulary_size(data, "edge_type"))
+        return cls(**options)
+
+    def _node_parameter(self, name: str, value: float, mode: str, num_nodes: int | None) -> None:
+        """Register ``name``: one value per cell type, one shared, one fixed, or one per neuron."""
+        if mode == "per_type":
+            if self.num_cell_types is None or self.num_cell_types < 1:
+                raise ValueError(
+                    f"{name.replace('_raw', '')}_mode='per_type' needs num_cell_types >= 1 (the cell-type "
+                    f"vocabulary), got {self.num_cell_types}; or choose 'shared' or 'fixed'"
+                )
+            setattr(self, name, nn.Parameter(torch.full((self.num_cell_types,), value)))
+        elif mode == "shared":
+            setattr(self, name, nn.Parameter(torch.full((1,), value)))
         elif mode == "fixed":
             self.register_buffer(name, torch.full((1,), value))
+        elif mode == "per_neuron":
+            if num_nodes is None:
+                raise ValueError(
+                    f"{name.replace('_raw', '')}_mode='per_neuron' has one parameter per neuron of one "
+                    "connectome: use BoundDynamics(data, ...)"
+                )
+            setattr(self, name, nn.Parameter(torch.full((num_nodes,), value)))
         else:
-            raise ValueError(f"unknown parameter mode {mode!r}; choose per_neuron, per_type or fixed")
-        self.register_buffer(f"{name}_index", index)
+            raise ValueError(f"unknown parameter mode {mode!r}; choose from {', '.join(NODE_MODES)}")
 
-    def tau(self) -> Tensor:
-        """Time constants per neuron ``[N]`` (or ``[1]`` when shared)."""
-        cached = self._cached()
-        if cached is not None:
-            return cached[1]
-        tau = self.tau_min + F.softplus(self.tau_raw)
-        return tau if self.tau_raw_index is None else tau[self.tau_raw_index]
+    # -- prepare: once per solve ---------------------------------------------------------
+    def graph_inputs(self, graph) -> GraphInputs:
+        """Read and check what this module needs from ``graph`` (a ``Data``/``Batch``)."""
+        edge_index = getattr(graph, "edge_index", None)
+        if not isinstance(edge_index, Tensor):
+            raise TypeError(
+                f"graph must be a PyG Data or Batch with edge_index, got {type(graph).__name__}"
+                " (BoundDynamics holds its graph: call it without one)"
+            )
+        n = int(graph.num_nodes)
+        mode = self.synapses.mode
+        sign = magnitude = edge_type = cell_type = None
+        if mode != "per_edge" or self.synapses.dale:
+            sign = _required(graph, "sign", f"weights={mode!r}")
+            if mode != "per_edge":
+                magnitude = synapse_magnitude(graph)
+                check_synapses(sign, magnitude)
+            elif not bool(((sign == 1) | (sign == -1)).all()):
+                raise ValueError("graph: sign must be +1 or -1 for every edge")
+        if mode == "per_edge_type":
+            edge_type = _codes(graph, "edge_type", self.synapses.num_edge_types, f"weights={mode!r}")
+        if "per_type" in (self.tau_mode, self.bias_mode):
+            cell_type = _codes(graph, "cell_type", self.num_cell_types, "per_type tau/bias")
+            if cell_type.numel() != n:
+                raise ValueError(f"graph.cell_type must be [{n}], got {tuple(cell_type.shape)}")
+        features = None if self.node_input is None else self.node_input.features(graph)
+        return GraphInputs(n, edge_index, sign, magnitude, edge_type, cell_type, features)
 
-    def resting(self) -> Tensor:
-        """Bias per neuron ``[N]`` (or ``[1]``)."""
-        cached = self._cached()
-        if cached is not None:
-            return cached[2]
-        return self.bias if self.bias_index is None else self.bias[self.bias_index]
+    def prepare(self, graph, stimulus=None) -> DynamicsInputs:
+        """The graph and stimulus of one solve: attributes checked, the stimulus wrapped,
+        the active perturbations resolved (see the module docs)."""
+        return self._inputs(self.graph_inputs(graph), stimulus)
 
-    def weights(self) -> Tensor:
-        """Signed synaptic weights ``[E]`` in ``edge_index`` order."""
-        cached = self._cached()
-        if cached is not None:
-            return cached[0]
-        return self.synapses()
-
-    def _cached(self) -> tuple[Tensor, Tensor, Tensor] | None:
-        # Per thread: two threads solving with one module must not see each other's blocks.
-        # (Read through __dict__ so modules pickled before this existed still work.)
-        return self.__dict__.get("_precomputed", {}).get(threading.get_ident())
-
-    @contextmanager
-    def precomputed(self, enabled: bool = True) -> Iterator[None]:
-        """Compute the weights ``[E]``, ``τ`` and ``b`` (``[N]`` or ``[1]``) once for every
-        evaluation in the block.
-
-        A solve evaluates the field tens of times with the same parameters. Computing them
-        each time repeats their gathers (per edge type, per cell type) and, under autodiff,
-        the backward of each gather: on the full fly visual system, a scatter of 1.5M
-        synapse gradients into 605 edge types, contended on the same addresses, at every
-        evaluation. Inside the block they are computed once, and autodiff sums the
-        evaluations' gradients before a single backward through the gathers: the same
-        function, and the same gradients up to summation order.
-
-        :func:`~graphode.solve.solve` enters it where evaluations are differentiated with
-        the block (autodiff) or not at all (no gradients, the adjoint's forward pass), and
-        enters ``precomputed(enabled=False)`` where they are differentiated separately
-        (checkpoint recomputation, the adjoint's backward), so that an enclosing user block
-        does not leak in. Changing the parameters, dtype or device inside a block is not
-        seen until it ends. A nested block computes afresh under its own grad mode.
-        """
-        state = self.__dict__.setdefault("_precomputed", {})
-        thread = threading.get_ident()
-        outer = state.pop(thread, None)
-        try:
-            if enabled:
-                state[thread] = (self.synapses(), self.tau(), self.resting())
-            yield
-        finally:
-            state.pop(thread, None)
-            if outer is not None:
-                state[thread] = outer
-
-    def recurrent_input(self, v: Tensor) -> Tensor:
-        """``A(v)`` for ``v: [B, N]`` → ``[B, N]``."""
-        a = self.conv(v.t(), self.edge_index, self.weights())
-        return a.t()
-
-    def prepare_args(self, args: tuple) -> tuple:
-        """Solver arguments ``(stimulus,)`` with the stimulus wrapped by :func:`as_stimulus`;
-        :func:`~graphode.solve.solve` calls this once before integrating."""
-        if not args:
-            return args
-        stimulus = as_stimulus(args[0])
+    def _inputs(self, graph: GraphInputs, stimulus) -> DynamicsInputs:
+        stimulus = as_stimulus(stimulus)
         if (
             self.input_projection is None and stimulus is not None and stimulus.fn is None
-            and stimulus.values.dim() == 2 and stimulus.values.size(1) == self.num_nodes
+            and stimulus.values.dim() == 2 and stimulus.values.size(1) == graph.num_nodes
         ):
             # A constant per-neuron drive is added at every evaluation: store it in the
             # state's layout (graphode._layout), so that the addition is not a transpose.
             values = node_major(stimulus.values)
             if values is not stimulus.values:
                 stimulus = Stimulus(values=values)
-        return (stimulus, *args[1:])
+        device = graph.edge_index.device
+        active = sorted(self.perturbations, key=lambda p: p.order)
+        perturbations = tuple((p, p.resolve(graph.num_nodes).to(device)) for p in active)
+        return DynamicsInputs(graph, stimulus, perturbations)
 
-    def drive(self, t: Tensor, stimulus) -> Tensor | None:
+    # -- derive: the parameters as the evaluation reads them ------------------------------
+    def _node_values(self, values: Tensor, mode: str, cell_type: Tensor | None, n: int) -> Tensor:
+        if mode == "per_type":
+            return values[cell_type]
+        if mode == "per_neuron" and values.numel() != n:
+            raise ValueError(f"these per-neuron parameters belong to a graph of {values.numel()} neurons, not {n}")
+        return values
+
+    def derive(self, inputs: DynamicsInputs) -> Derived:
+        g = inputs.graph
+        weights = self.synapses(g.sign, g.magnitude, g.edge_type)
+        for p, index in inputs.perturbations:
+            gain = p.output_gain(index, g.num_nodes)
+            if gain is not None:
+                weights = weights * gain.to(weights.device, weights.dtype)[g.edge_index[0]]
+        tau = self._node_values(self.tau_min + F.softplus(self.tau_raw), self.tau_mode, g.cell_type, g.num_nodes)
+        bias = self._node_values(self.bias, self.bias_mode, g.cell_type, g.num_nodes)
+        if self.node_input is not None:
+            bias = bias + self.node_input(g.node_features).reshape(-1)
+        return Derived(weights, tau, bias)
+
+    def tau(self, graph=None) -> Tensor:
+        """Time constants per neuron of ``graph`` ``[N]`` (``[1]`` when not per type)."""
+        return self.derive(self.prepare(graph)).tau
+
+    # -- evaluate --------------------------------------------------------------------------
+    def drive(self, t: Tensor, stimulus: Stimulus | None) -> Tensor | None:
         """The stimulus current per neuron at time ``t``: ``[B, N]`` or None."""
-        # Only an isinstance check under solve(), which has wrapped the stimulus already;
-        # direct calls may still pass a tensor or a callable.
-        stimulus = as_stimulus(stimulus)
         if stimulus is None:
             return None
         u = stimulus(t)
         return u if self.input_projection is None else self.input_projection(u)
 
-    def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
-        if v.dim() != 2 or v.size(1) != self.num_nodes:
-            raise ValueError(f"state must be [B, {self.num_nodes}], got {tuple(v.shape)}")
-        a = self.recurrent_input(v) if self.recurrent else None
-        u = self.drive(t, stimulus)
-        bias, tau = self.resting(), self.tau()
-        if kernels.leaky_supported(v, a, u, bias, tau):
+    def evaluate(self, t: Tensor, v: Tensor, inputs: DynamicsInputs, derived: Derived) -> Tensor:
+        n = inputs.graph.num_nodes
+        if v.dim() != 2 or v.size(1) != n:
+            raise ValueError(f"state must be [B, {n}] for this graph, got {tuple(v.shape)}")
+        v_read = v
+        for p, index in inputs.perturbations:
+            v_read = p.substitute(t, v_read, index)
+        a = self.conv(v_read.t(), inputs.graph.edge_index, derived.weights).t() if self.recurrent else None
+        u = self.drive(t, inputs.stimulus)
+        if u is not None and (u.dim() != 2 or u.size(1) != n or u.size(0) not in (1, v.size(0))):
+            raise ValueError(
+                f"the stimulus gives a drive of shape {tuple(u.shape)}; the state is {tuple(v.shape)}: "
+                f"give [B, {n}] (or [1, {n}]) per neuron, or an input_projection"
+            )
+        bias, tau = derived.bias, derived.tau
+        if kernels.leaky_supported(v, a, u, bias, tau, fuse=self.fuse):
             # one kernel each way instead of four elementwise ops, two of them broadcasting
             # per-neuron vectors (slow, strided kernels), and their backward
-            return kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
-        rhs = bias - v
-        if a is not None:
-            rhs = rhs + a
-        if u is not None:
-            rhs = rhs + u
-        return rhs / tau
+            out = kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
+        else:
+            rhs = bias - v
+            if a is not None:
+                rhs = rhs + a
+            if u is not None:
+                rhs = rhs + u
+            out = rhs / tau
+        for p, index in inputs.perturbations:
+            out = p.rate(t, v, v_read, out, tau, index)
+        return out
+
+    def forward(self, t: Tensor, v: Tensor, graph, stimulus=None) -> Tensor:
+        return super().forward(t, v, graph, stimulus)
+
+
+def _required(graph, key: str, why: str) -> Tensor:
+    value = getattr(graph, key, None)
+    if value is None:
+        raise ValueError(f"the graph has no {key}, which {why} needs")
+    return value
+
+
+def _codes(graph, key: str, size: int | None, why: str) -> Tensor:
+    codes = _required(graph, key, why)
+    if codes.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"graph.{key} must hold integer codes, got {codes.dtype}")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= size):
+        raise ValueError(
+            f"graph.{key} holds codes in [{int(codes.min())}, {int(codes.max())}], outside this module's "
+            f"vocabulary [0, {size}): build the module with num_{key}s >= {int(codes.max()) + 1} "
+            "(the vocabulary of every graph it will see)"
+        )
+    return codes.long()
+
+
+class BoundDynamics(GraphTensors, ConnectomeDynamics):
+    """:class:`ConnectomeDynamics` bound to one connectome (PyG's ``cached=True``).
+
+    The graph is checked once and kept (out of the ``state_dict``, behind a fingerprint:
+    :mod:`graphode._graph_state`); the vocabularies are sized from it; and per-synapse
+    (``weights="per_edge"``, the default) and per-neuron (``tau_mode``/``bias_mode`` =
+    ``"per_neuron"``) parameters are allowed. ``per_type`` modes fall back to
+    ``per_neuron`` on a graph without ``cell_type``.
+
+    Args:
+        data: the connectome ``Data`` (graphode layout).
+        **options: as :class:`ConnectomeDynamics` (the vocabulary sizes come from ``data``).
+
+    Shapes:
+        forward(t ``[B]``, v ``[B, N]``, stimulus=None) → ``[B, N]``: the graph is the bound
+        one, so the solver's ``args`` are ``(stimulus,)``.
+    """
+
+    def __init__(self, data, *, weights: str = "per_edge", tau_mode: str = "per_type", bias_mode: str = "per_type",
+                 gain: float = 1.0, dale: bool = True, **options):
+        if getattr(data, "cell_type", None) is None:
+            tau_mode = "per_neuron" if tau_mode == "per_type" else tau_mode
+            bias_mode = "per_neuron" if bias_mode == "per_type" else bias_mode
+        n = int(data.num_nodes)
+        if "per_type" in (tau_mode, bias_mode):
+            options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
+        synapses = SynapseWeights.from_data(data, weights, gain=gain, dale=dale)
+        super().__init__(weights=synapses, tau_mode=tau_mode, bias_mode=bias_mode, num_nodes=n, **options)
+        graph = self.graph_inputs(data)  # checks the graph once
+        self.num_nodes = n
+        self.register_graph(**{
+            k: v for k, v in dataclasses.asdict(graph).items() if isinstance(v, Tensor)
+        })
+        self._graph_keys = tuple(k for k, v in dataclasses.asdict(graph).items() if isinstance(v, Tensor))
+
+    def bound_graph(self) -> GraphInputs:
+        """The bound graph's inputs (the module's buffers, on its device)."""
+        fields = {f.name: None for f in dataclasses.fields(GraphInputs)}
+        fields.update({k: getattr(self, k) for k in self._graph_keys}, num_nodes=self.num_nodes)
+        return GraphInputs(**fields)
+
+    def prepare(self, stimulus=None) -> DynamicsInputs:
+        if hasattr(stimulus, "edge_index"):
+            raise TypeError("BoundDynamics holds its graph: pass only the stimulus (args=(stimulus,))")
+        return self._inputs(self.bound_graph(), stimulus)
+
+    def tau(self) -> Tensor:
+        """Time constants per neuron ``[N]`` (``[1]`` when shared)."""
+        return self.derive(self.prepare()).tau
+
+    def resting_drive(self) -> Tensor:
+        """``b`` (plus the node drive) per neuron ``[N]`` (``[1]`` when shared)."""
+        return self.derive(self.prepare()).bias
+
+    def weights(self) -> Tensor:
+        """Signed synaptic weights ``[E]`` in ``edge_index`` order (perturbations included)."""
+        return self.derive(self.prepare()).weights
+
+    def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
+        return VectorField.forward(self, t, v, stimulus)

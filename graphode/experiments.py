@@ -15,10 +15,10 @@ Selecting neurons
 Perturbations (all reversible, all composable, several at once)
     :class:`Silence` — the selected neurons' output is multiplied by ``gain`` (0: silenced):
     every synapse *leaving* them contributes nothing, ``a_i = Σ_j w_ij · g_j · f(v_j)``.
-    The neurons themselves still integrate their input. Implemented as a forward pre-hook
-    on the dynamics' :class:`~graphode.layer.ConnectomeConv` that multiplies each edge's
-    weight by its presynaptic neuron's gain (``w_e · g[src_e]``, a transient ``[E]``
-    product like ``synapses()`` itself, not a copy of any parameter), so gradients still
+    The neurons themselves still integrate their input. Where the dynamics derive their
+    weights, each edge's weight is multiplied by its presynaptic neuron's gain
+    (``w_e · g[src_e]``, a transient ``[E]`` product like the weights themselves, not a
+    copy of any parameter), so gradients still
     reach every other synapse and are exactly zero for the silenced neurons' outgoing ones.
 
     :class:`Clamp` — voltage clamp to a constant, a per-neuron / per-sample tensor, or a time
@@ -36,12 +36,11 @@ Perturbations (all reversible, all composable, several at once)
     Apply them for a block with ``with perturb(dynamics, Silence(m1), Drive(m2, 0.5)):``
     (or ``with silence(dynamics, mask):``), or persistently with ``handle = p.apply(model)``
     and ``handle.remove()`` — e.g. to train a network with a lesion — or for one solve
-    with ``simulate(..., perturbations=[...])``. They are PyTorch module hooks (no change
-    to :mod:`graphode.dynamics`), so they act in every :func:`~graphode.solve.solve` of the
-    dynamics, including ``ConnectomeClassifier.forward``. With ``gradient="checkpoint"`` or
-    ``"adjoint"`` the backward pass evaluates the vector field again: run ``backward()``
-    while the perturbation is applied, or use ``simulate(perturbations=...)``, which binds
-    the perturbations into the solved field.
+    with ``simulate(..., perturbations=[...])``. They are data that the dynamics read
+    (:class:`graphode.dynamics.Perturbation`): a solve takes the ones applied when it
+    starts and keeps them through its backward pass, so they act in every
+    :func:`~graphode.solve.solve` of the dynamics, including ``ConnectomeClassifier.forward``,
+    and gradients are right with every gradient method wherever ``backward()`` runs.
 
 Recording
     :func:`simulate` solves the (perturbed) dynamics; :func:`record` returns a
@@ -56,12 +55,12 @@ Lesion experiments
 Example (``examples/circuit_experiments.py`` is a complete one)::
 
     import torch
-    from graphode import fly_visual_system, ConnectomeDynamics
+    from graphode import fly_visual_system, BoundDynamics
     from graphode.experiments import (select_neurons, Silence, Drive, perturb, record,
                                       lesion_scan, plot_lesions)
 
     data = fly_visual_system(extent=4)
-    dyn = ConnectomeDynamics(data, tau=0.2, bias=0.5)
+    dyn = BoundDynamics(data, tau=0.2, bias=0.5)
     flash = torch.zeros(1, data.num_nodes); flash[:, data.input_mask] = 1.0
     ts = torch.linspace(0, 1, 21)
     control = record(dyn, data, flash, cell_types=["L1", "L2", "Mi1"], t_eval=ts)
@@ -86,7 +85,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from .dynamics import ConnectomeDynamics, Stimulus
+from .dynamics import BoundDynamics, ConnectomeDynamics, Perturbation as DynamicsPerturbation, Stimulus
 from .solve import Solution, solve
 
 __all__ = [
@@ -404,32 +403,24 @@ def _dynamics_of(target) -> ConnectomeDynamics:
     raise TypeError(f"expected a ConnectomeDynamics or a model with .dynamics, got {type(target).__name__}")
 
 
-_REGISTRY = "_graphode_perturbations"
-
-
 def active_perturbations(target) -> list["Perturbation"]:
     """The perturbations currently applied to ``target``'s dynamics, in application order."""
-    return list(getattr(_dynamics_of(target), _REGISTRY, []))
+    return list(_dynamics_of(target).perturbations)
 
 
 class PerturbationHandle:
     """Returned by :meth:`Perturbation.apply`; ``remove()`` undoes it (also on leaving a
     ``with`` block). Removing twice is harmless."""
 
-    def __init__(self, dynamics: ConnectomeDynamics, perturbation: "Perturbation", hooks: list):
-        self.dynamics, self.perturbation, self._hooks = dynamics, perturbation, hooks
+    def __init__(self, dynamics: ConnectomeDynamics, perturbation: "Perturbation"):
+        self.dynamics, self.perturbation = dynamics, perturbation
 
     def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-        reg = getattr(self.dynamics, _REGISTRY, [])
-        if any(p is self.perturbation for p in reg):
-            setattr(self.dynamics, _REGISTRY, [p for p in reg if p is not self.perturbation])
+        self.dynamics.perturbations = [p for p in self.dynamics.perturbations if p is not self.perturbation]
 
     @property
     def active(self) -> bool:
-        return bool(self._hooks)
+        return any(p is self.perturbation for p in self.dynamics.perturbations)
 
     def __enter__(self) -> "PerturbationHandle":
         return self
@@ -438,47 +429,26 @@ class PerturbationHandle:
         self.remove()
 
 
-class Perturbation:
+class Perturbation(DynamicsPerturbation):
     """Base class of :class:`Silence`, :class:`Clamp` and :class:`Drive`.
 
-    ``apply(target)`` installs it on ``target``'s dynamics (a ConnectomeDynamics or a model
-    with ``.dynamics``) until the returned handle's ``remove()``.
+    ``apply(target)`` adds it to ``target``'s dynamics (a ConnectomeDynamics or a model
+    with ``.dynamics``) until the returned handle's ``remove()``. Every solve started
+    meanwhile reads it as data (:class:`graphode.dynamics.Perturbation`), in its forward
+    and backward passes alike.
     """
 
     neurons: Any
 
     def apply(self, target) -> PerturbationHandle:
         dyn = _dynamics_of(target)
-        hooks = self._install(dyn, _resolve_neurons(self.neurons, dyn.num_nodes, type(self).__name__))
-        setattr(dyn, _REGISTRY, getattr(dyn, _REGISTRY, []) + [self])
-        return PerturbationHandle(dyn, self, hooks)
+        if any(p is self for p in dyn.perturbations):
+            raise ValueError(f"{self!r} is applied to these dynamics already")
+        dyn.perturbations = [*dyn.perturbations, self]
+        return PerturbationHandle(dyn, self)
 
-    def _install(self, dyn: ConnectomeDynamics, index: Tensor) -> list:  # pragma: no cover
-        raise NotImplementedError
-
-
-class _SilenceHook:
-    """ConnectomeConv forward pre-hook: ``edge_weight ← edge_weight · gain[src]``."""
-
-    def __init__(self, node_gain: Tensor):
-        self.node_gain = node_gain
-        self._cast: dict = {}
-
-    def __call__(self, module, args, kwargs):
-        args = list(args)
-        w = kwargs["edge_weight"] if "edge_weight" in kwargs else (args[2] if len(args) > 2 else None)
-        ei = kwargs["edge_index"] if "edge_index" in kwargs else (args[1] if len(args) > 1 else None)
-        if w is None or not isinstance(ei, Tensor):
-            raise TypeError("Silence needs the conv to be called with an edge_index tensor and edge weights")
-        key = (w.device, w.dtype)
-        if key not in self._cast:
-            self._cast[key] = self.node_gain.to(device=w.device, dtype=w.dtype)
-        w = w * self._cast[key][ei[0]]
-        if "edge_weight" in kwargs:
-            kwargs["edge_weight"] = w
-        else:
-            args[2] = w
-        return tuple(args), kwargs
+    def resolve(self, num_nodes: int) -> Tensor:
+        return _resolve_neurons(self.neurons, num_nodes, type(self).__name__)
 
 
 class Silence(Perturbation):
@@ -490,88 +460,52 @@ class Silence(Perturbation):
         neurons: BoolTensor ``[N]`` or node indices.
         gain: output gain of the selected neurons (0 silences, 0.5 halves, 2 doubles).
 
-    Method: a forward pre-hook on ``dynamics.conv`` multiplies every edge weight by its
-    presynaptic neuron's gain (``Σ_j w_ij g_j f(v_j)``); the synapse parameters and the
-    graph are untouched, and the gradient to a silenced neuron's outgoing weights is 0.
+    Method: every edge weight is multiplied by its presynaptic neuron's gain where the
+    weights are derived (``Σ_j w_ij g_j f(v_j)``); the synapse parameters and the graph are
+    untouched, and the gradient to a silenced neuron's outgoing weights is 0.
     """
 
     def __init__(self, neurons, gain: float = 0.0):
         self.neurons, self.gain = neurons, float(gain)
 
-    def _install(self, dyn: ConnectomeDynamics, index: Tensor) -> list:
-        node_gain = torch.ones(dyn.num_nodes, dtype=torch.float64)
-        node_gain[index] = self.gain
-        return [dyn.conv.register_forward_pre_hook(_SilenceHook(node_gain), with_kwargs=True)]
+    def output_gain(self, index: Tensor, num_nodes: int) -> Tensor:
+        node_gain = torch.ones(num_nodes, dtype=torch.float64, device=index.device)
+        return node_gain.index_fill_(0, index, self.gain)
 
     def __repr__(self) -> str:
         return f"Silence({_count(self.neurons)} neurons, gain={self.gain:g})"
-
-
-def _state_arg(args, kwargs):
-    """Where ``v`` sits in ConnectomeDynamics.forward(t, v, stimulus=None)'s arguments."""
-    if len(args) > 1:
-        return args[1], "args"
-    return kwargs["v"], "kwargs"
-
-
-def _time_arg(args, kwargs) -> Tensor:
-    return args[0] if len(args) > 0 else kwargs["t"]
-
-
-class _ClampHooks:
-    def __init__(self, clamp: "Clamp", index: Tensor):
-        self.clamp, self.index = clamp, index
-        self._v = None
-
-    def pre(self, module, args, kwargs):
-        v, where = _state_arg(args, kwargs)
-        t = _time_arg(args, kwargs)
-        idx = self.index.to(v.device)
-        target = _evaluate(self.clamp.value, t, v.size(0), idx.numel(), v, "Clamp value")
-        self._v = v
-        v_eff = v.index_copy(1, idx, target)
-        if where == "args":
-            args = (args[0], v_eff, *args[2:])
-        else:
-            kwargs = {**kwargs, "v": v_eff}
-        return args, kwargs
-
-    def post(self, module, args, kwargs, out):
-        idx = self.index.to(out.device)
-        if self.clamp.tau is None:
-            new = out.new_zeros(out.size(0), idx.numel())
-        else:
-            v_eff, _ = _state_arg(args, kwargs)
-            target = v_eff.index_select(1, idx)  # the command value, substituted by pre()
-            new = (target - self._v.index_select(1, idx)) / self.clamp.tau
-        self._v = None
-        return out.index_copy(1, idx, new)
 
 
 class Clamp(Perturbation):
     """Voltage-clamp neurons to ``value`` (a constant, a tensor ``[K]`` / ``[B, K]``, or a
     callable ``value(t [B]) -> [B] | [B, K]``).
 
-    Method (exact): before each evaluation of the vector field the clamped neurons' entries
-    of the state are replaced by ``value(t)``, so every synapse reads the command voltage;
-    the clamped neurons' own derivative is 0 (``tau=None``) — :func:`simulate` then starts
-    them at ``value(t0)`` and reports ``value(t)`` at every output time — or
+    Method (exact): at each evaluation of the vector field the clamped neurons' entries of
+    the state are replaced by ``value(t)``, so every synapse reads the command voltage; the
+    clamped neurons' own derivative is 0 (``tau=None``) — :func:`simulate` then starts them
+    at ``value(t0)`` and reports ``value(t)`` at every output time — or
     ``(value(t) − v)/tau`` (``tau > 0``: the state itself follows the command, useful when
     the solve is run by code that reads the raw state, such as a classifier's readout;
-    :func:`simulate` starts it at ``value(t0)`` and reports the state).
+    :func:`simulate` starts it at ``value(t0)`` and reports the state). Clamps act after
+    every :class:`Drive`.
     """
+
+    order = 1
 
     def __init__(self, neurons, value, tau: float | None = None):
         if tau is not None and not tau > 0:
             raise ValueError(f"Clamp tau must be None or > 0, got {tau}")
         self.neurons, self.value, self.tau = neurons, value, tau
 
-    def _install(self, dyn: ConnectomeDynamics, index: Tensor) -> list:
-        h = _ClampHooks(self, index)
-        return [
-            dyn.register_forward_pre_hook(h.pre, with_kwargs=True),
-            dyn.register_forward_hook(h.post, with_kwargs=True),  # after every Drive (prepended)
-        ]
+    def substitute(self, t: Tensor, v: Tensor, index: Tensor) -> Tensor:
+        return v.index_copy(1, index, _evaluate(self.value, t, v.size(0), index.numel(), v, "Clamp value"))
+
+    def rate(self, t: Tensor, v: Tensor, v_read: Tensor, dvdt: Tensor, tau: Tensor, index: Tensor) -> Tensor:
+        if self.tau is None:
+            new = dvdt.new_zeros(dvdt.size(0), index.numel())
+        else:
+            new = (v_read.index_select(1, index) - v.index_select(1, index)) / self.tau
+        return dvdt.index_copy(1, index, new)
 
     def values_at(self, ts: Tensor, b: int, like: Tensor) -> Tensor:
         """The command value at each of ``ts [T]``: ``[B, T, K]``."""
@@ -583,19 +517,6 @@ class Clamp(Perturbation):
     def __repr__(self) -> str:
         val = "callable" if callable(self.value) else self.value
         return f"Clamp({_count(self.neurons)} neurons, value={val}, tau={self.tau})"
-
-
-class _DriveHook:
-    def __init__(self, drive: "Drive", index: Tensor):
-        self.drive, self.index = drive, index
-
-    def __call__(self, module, args, kwargs, out):
-        t = _time_arg(args, kwargs)
-        idx = self.index.to(out.device)
-        cur = _evaluate(self.drive.current, t, out.size(0), idx.numel(), out, "Drive current")
-        tau = module.tau()
-        tau = tau.index_select(0, idx) if tau.numel() > 1 else tau
-        return out.index_add(1, idx, cur / tau.to(out.dtype))
 
 
 class Drive(Perturbation):
@@ -612,9 +533,10 @@ class Drive(Perturbation):
     def __init__(self, neurons, current):
         self.neurons, self.current = neurons, current
 
-    def _install(self, dyn: ConnectomeDynamics, index: Tensor) -> list:
-        # prepend: drives act before any clamp's hook, which then zeroes the clamped rows
-        return [dyn.register_forward_hook(_DriveHook(self, index), with_kwargs=True, prepend=True)]
+    def rate(self, t: Tensor, v: Tensor, v_read: Tensor, dvdt: Tensor, tau: Tensor, index: Tensor) -> Tensor:
+        cur = _evaluate(self.current, t, dvdt.size(0), index.numel(), dvdt, "Drive current")
+        tau = tau.index_select(0, index) if tau.numel() > 1 else tau
+        return dvdt.index_add(1, index, cur / tau.to(dvdt.dtype))
 
     def __repr__(self) -> str:
         kind = type(self.current).__name__ if callable(self.current) else self.current
@@ -666,11 +588,8 @@ def perturb(target, *perturbations: Perturbation) -> Iterator[ConnectomeDynamics
     """Apply perturbations for the duration of a ``with`` block; yields the dynamics.
 
     ``target`` is a ConnectomeDynamics or a model with ``.dynamics``; everything is
-    restored on exit, also after an exception.
-
-    With ``gradient="checkpoint"`` or ``"adjoint"`` the backward pass evaluates the vector
-    field again: call ``backward()`` inside the block (or use a persistent ``apply()``, or
-    ``simulate(..., perturbations=...)``, which binds them into the solved field).
+    restored on exit, also after an exception. A solve started inside the block keeps the
+    perturbations through its backward pass, wherever ``backward()`` runs.
     """
     handles = []
     try:
@@ -682,36 +601,6 @@ def perturb(target, *perturbations: Perturbation) -> Iterator[ConnectomeDynamics
     finally:
         for h in reversed(handles):
             h.remove()
-
-
-class _PerturbedField(nn.Module):
-    """The vector field of ``dynamics`` with ``perturbations`` bound to it: each evaluation
-    installs them and removes them again. :func:`simulate` solves this field, so the
-    re-solves of ``gradient="checkpoint"`` and the backward integration of
-    ``gradient="adjoint"`` (which run after :func:`simulate` has returned) see the same
-    perturbed dynamics as the forward solve."""
-
-    def __init__(self, dynamics: ConnectomeDynamics, perturbations: Sequence[Perturbation]):
-        super().__init__()
-        self.dynamics = dynamics
-        n = dynamics.num_nodes
-        self._items = [(p, _resolve_neurons(p.neurons, n, type(p).__name__)) for p in perturbations]
-
-    def prepare_args(self, args: tuple) -> tuple:
-        return self.dynamics.prepare_args(args)
-
-    def precomputed(self, enabled: bool = True):
-        return self.dynamics.precomputed(enabled)
-
-    def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
-        hooks: list = []
-        try:
-            for p, index in self._items:
-                hooks += p._install(self.dynamics, index)
-            return self.dynamics(t, v, stimulus)
-        finally:
-            for h in hooks:
-                h.remove()
 
 
 def silence(target, neurons, gain: float = 0.0):
@@ -738,6 +627,7 @@ def simulate(
     target,
     stimulus=None,
     *,
+    graph=None,
     t_eval=None,
     t_span: tuple[float, float] | None = None,
     y0: Tensor | None = None,
@@ -748,10 +638,12 @@ def simulate(
     """Solve ``target``'s dynamics with ``perturbations`` (and any already applied).
 
     Args:
-        target: a ConnectomeDynamics, or a model with ``.dynamics`` and ``.input_map``
-            (a :class:`~graphode.models.ConnectomeClassifier`): then ``stimulus`` is its
-            images, and its solver settings, ``t_end`` and ``t_eval`` are the defaults.
+        target: a BoundDynamics, a ConnectomeDynamics (then pass ``graph``), or a model
+            with ``.dynamics`` and ``.input_map`` (a :class:`~graphode.models.ConnectomeClassifier`):
+            then ``stimulus`` is its images, and its solver settings, ``t_end`` and
+            ``t_eval`` are the defaults.
         stimulus: for a dynamics, its stimulus (``[B, N]`` tensor, callable, ``Stimulus``).
+        graph: the graph (``Data`` / ``Batch``) of a ConnectomeDynamics that is not bound.
         t_eval: ``[T]`` output times (default: the model's, or ``t_span[1]``).
         t_span: default ``(0, t_eval[-1])`` (a model's: ``(0, t_end)``).
         y0: initial state ``[B, N]`` (default zeros; clamped neurons start at the command).
@@ -762,15 +654,20 @@ def simulate(
         :class:`~graphode.solve.Solution`; clamped neurons (``tau=None``) read their
         command value.
 
-    ``perturbations`` are bound into the solved vector field, so gradients are right with
-    every ``gradient=`` method even when ``backward()`` runs later. Perturbations applied
-    with :func:`perturb` / ``apply`` act too (and set clamped initial states), but with
-    ``gradient="checkpoint"`` or ``"adjoint"`` they must stay applied until ``backward()``
-    has run, since the backward pass evaluates the vector field again.
+    ``perturbations`` act in this solve only; the solve reads them (and those applied with
+    :func:`perturb` / ``apply``) as data, so gradients are right with every ``gradient=``
+    method, whenever ``backward()`` runs.
     """
     dyn = _dynamics_of(target)
-    dtype = dyn.tau().dtype
-    device = dyn.edge_index.device
+    dtype = dyn.tau_raw.dtype
+    if isinstance(dyn, BoundDynamics):
+        if graph is not None:
+            raise ValueError("simulate: these dynamics are bound to their graph; do not pass graph=")
+        n, device, graph_args = dyn.num_nodes, dyn.edge_index.device, ()
+    elif graph is None:
+        raise ValueError("simulate: a ConnectomeDynamics takes its graph per call: pass graph=data")
+    else:
+        n, device, graph_args = int(graph.num_nodes), graph.edge_index.device, (graph,)
     if not isinstance(target, ConnectomeDynamics) and hasattr(target, "input_map"):
         cfg = getattr(target, "config", {})
         kw = {**_model_solver_kwargs(target), **solve_kwargs}
@@ -790,17 +687,17 @@ def simulate(
         t_span = (0.0, float(t_eval[-1]))
     b = y0.size(0) if y0 is not None else (_batch_of(stim) or batch_size or 1)
     if y0 is None:
-        y0 = torch.zeros(b, dyn.num_nodes, dtype=dtype, device=device)
+        y0 = torch.zeros(b, n, dtype=dtype, device=device)
     for p in perturbations:
         if not isinstance(p, Perturbation):
             raise TypeError(f"expected Silence, Clamp or Drive, got {type(p).__name__}")
     clamps = [p for p in [*active_perturbations(dyn), *perturbations] if isinstance(p, Clamp)]
-    clamps = [(c, _resolve_neurons(c.neurons, dyn.num_nodes, "Clamp").to(device)) for c in clamps]
+    clamps = [(c, c.resolve(n).to(device)) for c in clamps]
     t0 = torch.full((b,), float(t_span[0]), dtype=dtype, device=device)
     for c, idx in clamps:
         y0 = y0.index_copy(1, idx, _evaluate(c.value, t0, b, idx.numel(), y0, "Clamp value"))
-    field = _PerturbedField(dyn, perturbations) if perturbations else dyn
-    sol = solve(field, y0, t_span, args=(stim,), t_eval=t_eval, **kw)
+    with perturb(dyn, *perturbations):  # the solve takes them as data when it starts
+        sol = solve(dyn, y0, t_span, args=(*graph_args, stim), t_eval=t_eval, **kw)
     ys = sol.ys
     for c, idx in clamps:
         if c.tau is None:  # held state: report the command value

@@ -12,6 +12,11 @@ Every mapping is a :class:`SparseProjection` from ``F`` stimulus features to ``N
     the seed tutorial's mapping: every pixel drives one uniformly random neuron.
 :class:`SparseProjection`
     any user-supplied sparse matrix (fixed or learnable values).
+
+:class:`NodeDrive` is the graph-level counterpart: a learnable, constant drive per neuron
+computed from node features ``x [N, F]`` and a per-graph stimulus ``[G, S]`` (a graph-level
+attribute of each ``Data``, which PyG stacks into ``[G, S]`` in a ``Batch``), for tasks
+where every sample is a different graph.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SparseProjection", "hex_retina", "random_pixels", "retina_pixel_coordinates"]
+__all__ = ["SparseProjection", "NodeDrive", "hex_retina", "random_pixels", "retina_pixel_coordinates"]
 
 
 class SparseProjection(nn.Module):
@@ -86,6 +91,73 @@ class SparseProjection(nn.Module):
 
     def extra_repr(self) -> str:
         return f"features={self.num_features}, nodes={self.num_nodes}, nnz={self.index.size(1)}"
+
+
+class NodeDrive(nn.Module):
+    """A learnable drive per neuron from its features and its graph's stimulus.
+
+    ``d_i = MLP([x_i, s_{g(i)}])`` (a ``Linear`` when ``hidden=0``), with ``x [N, F]`` the
+    node features (``graph.x``) and ``s [G, S]`` the per-graph stimulus
+    (``graph[graph_key]``; each ``Data`` holds ``[1, S]``, a ``Batch`` stacks them) read at
+    each node's graph (``graph.batch``). Given to
+    :class:`~graphode.dynamics.ConnectomeDynamics` as ``node_input``, it is added to the
+    resting drive ``b``: the features are read once per solve (:meth:`features`), the
+    learnable map applied once per parameter derivation.
+
+    Args:
+        node_features: F (0: no node features).
+        graph_features: S (0: no per-graph stimulus).
+        hidden: width of a hidden layer (0: linear).
+        graph_key: the graph-level attribute holding the stimulus.
+
+    Shapes: features(graph) → ``[N, F + S]``; forward(features ``[N, F + S]``) → ``[N]``.
+    """
+
+    def __init__(self, node_features: int = 0, graph_features: int = 0, *, hidden: int = 0, graph_key: str = "stimulus"):
+        super().__init__()
+        if node_features < 0 or graph_features < 0 or node_features + graph_features == 0:
+            raise ValueError(
+                f"NodeDrive needs node_features and/or graph_features > 0, got {node_features} and {graph_features}"
+            )
+        if hidden < 0:
+            raise ValueError(f"hidden must be >= 0, got {hidden}")
+        self.node_features, self.graph_features, self.graph_key = int(node_features), int(graph_features), graph_key
+        width = self.node_features + self.graph_features
+        self.net = nn.Linear(width, 1) if hidden == 0 else nn.Sequential(
+            nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+
+    def features(self, graph) -> Tensor:
+        """The inputs of every node: ``[N, F + S]`` (checked against the declared sizes)."""
+        n = int(graph.num_nodes)
+        parts = []
+        if self.node_features:
+            x = getattr(graph, "x", None)
+            if x is None or x.dim() != 2 or x.shape != (n, self.node_features):
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(f"NodeDrive reads graph.x as [{n}, {self.node_features}], got {got}")
+            parts.append(x)
+        if self.graph_features:
+            s = getattr(graph, self.graph_key, None)
+            batch = getattr(graph, "batch", None)
+            num_graphs = 1 if batch is None else int(getattr(graph, "num_graphs", int(batch.max()) + 1))
+            if s is None or s.dim() != 2 or s.shape != (num_graphs, self.graph_features):
+                got = None if s is None else tuple(s.shape)
+                raise ValueError(
+                    f"NodeDrive reads graph.{self.graph_key} as [num_graphs={num_graphs}, {self.graph_features}] "
+                    f"(each Data holding [1, {self.graph_features}]), got {got}"
+                )
+            parts.append(s.expand(n, -1) if batch is None else s[batch])
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if not torch.is_floating_point(out) or not bool(torch.isfinite(out).all()):
+            raise ValueError("NodeDrive: node features and graph stimuli must be finite floating-point values")
+        return out
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features.to(self.net_dtype())).squeeze(-1)
+
+    def net_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
 
 def retina_pixel_coordinates(pos: Tensor, image_size: tuple[int, int], margin: float = 1.0) -> Tensor:

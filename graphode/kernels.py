@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "triton_available", "KERNEL_ACTIVATIONS", "spmm_forward", "spmm_backward", "TritonSpMM",
     "MAX_TERMS", "combination_supported", "combination_forward", "combination_backward", "FusedCombination",
-    "leaky_supported", "LeakyIntegrator", "fusing", "FUSE_IN_INTERPRETER",
+    "leaky_supported", "LeakyIntegrator", "fusing",
 ]
 
 # Activation codes understood by the kernels.
@@ -59,15 +59,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# Tests set this to run the solver's fused kernels (stage combinations, the leaky
-# integrator) in Triton's interpreter on the CPU. Otherwise they run on CUDA only: the
-# interpreter is slow, and every other CPU solve keeps the torch path.
-FUSE_IN_INTERPRETER = False
-
-
-def fusing(t: Tensor) -> bool:
-    """Whether the solver's fused kernels run for tensors on ``t``'s device."""
-    return triton is not None and (t.is_cuda or (FUSE_IN_INTERPRETER and interpreting()))
+def fusing(t: Tensor, fuse: bool | None = None) -> bool:
+    """Whether the solver's fused kernels run for tensors on ``t``'s device, under the
+    fusion policy ``fuse``: None (default) on CUDA only; True also in Triton's interpreter
+    (``TRITON_INTERPRET=1``, for tests on a CPU; the interpreter is slow); False never."""
+    if fuse is False or triton is None:
+        return False
+    return t.is_cuda or (fuse is True and interpreting())
 
 
 def triton_available(device: torch.device | str | None = None) -> bool:
@@ -348,7 +346,7 @@ def _layout_of(tensors: list[Tensor]) -> bool | None:
     return node_major
 
 
-def combination_supported(y0: Tensor | None, dt: Tensor, stages: list[Tensor]) -> bool:
+def combination_supported(y0: Tensor | None, dt: Tensor, stages: list[Tensor], fuse: bool | None = None) -> bool:
     """Whether the fused kernels take these operands: float32 on CUDA (:func:`fusing`; the coefficients
     are passed as float32 scalars, so float64 stays with torch), 1–7 equally laid out dense
     ``[B, N]`` tensors, ``dt [B, 1]`` on their device and not requiring grad."""
@@ -357,7 +355,7 @@ def combination_supported(y0: Tensor | None, dt: Tensor, stages: list[Tensor]) -
     tensors = stages if y0 is None else [y0, *stages]
     first = tensors[0]
     return (
-        fusing(first) and first.dim() == 2 and first.dtype == torch.float32
+        fusing(first, fuse) and first.dim() == 2 and first.dtype == torch.float32
         and all(t.dtype == torch.float32 and t.device == first.device for t in tensors)
         and dt.shape == (first.size(0), 1) and dt.dtype == torch.float32 and dt.device == first.device
         and not dt.requires_grad  # the kernels treat step sizes as constants
@@ -479,11 +477,13 @@ if triton is not None:
         tl.store(grad_tau + rows, -sum_gsr, mask=row_ok)
 
 
-def leaky_supported(v: Tensor, a: Tensor | None, u: Tensor | None, bias: Tensor, tau: Tensor) -> bool:
+def leaky_supported(
+    v: Tensor, a: Tensor | None, u: Tensor | None, bias: Tensor, tau: Tensor, fuse: bool | None = None
+) -> bool:
     """Whether the fused leaky-integrator kernels take these operands: :func:`fusing`,
     float32 or float64, ``v, a, u: [B, N]`` all node-major (strides ``(1, B)``),
     ``bias, tau: [N]`` or ``[1]`` of the same dtype."""
-    if not fusing(v) or v.dim() != 2 or v.dtype not in (torch.float32, torch.float64):
+    if not fusing(v, fuse) or v.dim() != 2 or v.dtype not in (torch.float32, torch.float64):
         return False
     n = v.size(1)
     states = [x for x in (v, a, u) if x is not None]

@@ -6,26 +6,31 @@ sparse product serves the whole batch. It takes ``edge_index [2, E]`` and per-ed
 ``edge_weight [E]``, so a PyG ``Batch`` of different connectomes (a block-diagonal graph) works
 as one graph.
 
-Backends (all compute the same sum; tests compare them to a dense float64 reference):
+Backends are strategy objects, subclasses of :class:`Backend`: each one computes the sum in
+its ``run(conv, graph, x [N, B], w_sorted [E]) -> [N, B]`` (all give the same result; tests
+compare them to a dense float64 reference). ``ConnectomeConv(backend=...)`` takes an object
+or one of these names, which :func:`resolve_backend` turns into an object once:
 
-``"pyg"``
+``"pyg"`` (:class:`PygBackend`)
     PyG's ``propagate``: gather ``w_ij·f(v_j)`` per edge and scatter-add to targets.
-``"torch_scatter"``
+``"torch_scatter"`` (:class:`TorchScatterBackend`)
     gather, then ``torch_scatter.segment_csr`` over the target-sorted edges (needs torch-scatter).
-``"sparse_tensor"``
+``"sparse_tensor"`` (:class:`SparseTensorBackend`)
     ``torch_sparse.SparseTensor`` matmul through PyG's fused ``message_and_aggregate``
     (needs torch-sparse).
-``"csr"``
+``"csr"`` (:class:`CSRBackend`)
     torch's CSR ``sparse.mm`` forward with a graphode backward: the state gradient as a
     transposed CSR product, the weight gradient as per-edge row dot products. (torch's own
     CSR backward to the values builds dense ``N×N`` work on CPU.)
-``"triton"``
+``"triton"`` (:class:`TritonBackend`)
     graphode's fused Triton kernels (:mod:`graphode.kernels`, CUDA only): ``f`` applied
     inside the gather, and one backward pass over the edges for both the state and the
     synapse gradient. Needs a string activation.
-``"auto"``
-    times forward+backward of every available backend on the first call for each graph
-    size (nodes, edges), batch size, device and dtype, and uses the fastest from then on.
+``"auto"`` (:class:`AutoBackend`, the default)
+    times forward+backward of every candidate backend and runs the fastest. It decides once
+    per *size class*: device, dtype, and the batch width ``B``, node count ``N`` and edge
+    count ``E``, each rounded up to the next power of two. A stream of graphs whose sizes
+    fall into one class (a PyG DataLoader) is timed once.
 
 The index structure (:class:`SparseGraph`: CSR by target and by source) is built once per
 graph and reused by every call an ODE solve makes.
@@ -37,7 +42,7 @@ import importlib.util
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +58,14 @@ __all__ = [
     "ACTIVATIONS",
     "available_backends",
     "BACKENDS",
+    "Backend",
+    "PygBackend",
+    "TorchScatterBackend",
+    "SparseTensorBackend",
+    "CSRBackend",
+    "TritonBackend",
+    "AutoBackend",
+    "resolve_backend",
 ]
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -63,26 +76,9 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "identity": lambda v: v,
 }
 
-BACKENDS = ("pyg", "torch_scatter", "sparse_tensor", "csr", "triton")
-
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """The backends usable on ``device`` here (torch-scatter/torch-sparse are optional;
-    ``triton`` needs CUDA, or ``TRITON_INTERPRET=1``)."""
-    from .kernels import triton_available
-
-    out = ["pyg", "csr"]
-    if _has("torch_scatter"):
-        out.append("torch_scatter")
-    if _has("torch_sparse"):
-        out.append("sparse_tensor")
-    if triton_available(device):
-        out.append("triton")
-    return out
 
 
 @dataclass
@@ -206,14 +202,255 @@ class _CSRMatmul(torch.autograd.Function):
         return grad_w, grad_x, None
 
 
+# -- backends -----------------------------------------------------------------------------
+class Backend:
+    """How :class:`ConnectomeConv` computes ``out_i = Σ_{j→i} w_ij · f(x_j)``.
+
+    A subclass sets ``name`` and implements :meth:`run`; it may override :meth:`available`
+    and :meth:`check`. Pass an instance as ``ConnectomeConv(backend=...)`` or as a candidate
+    of :class:`AutoBackend`.
+
+    Shapes (of :meth:`run`, for every backend):
+        - x: ``[N, B]`` node states.
+        - w_sorted: ``[E]`` weights in the graph's target-sorted edge order.
+        - output: ``[N, B]``.
+    """
+
+    name: str
+
+    def available(self, device: torch.device | str) -> bool:
+        """Whether this backend can run on ``device`` in this environment."""
+        return True
+
+    def check(self, conv: ConnectomeConv) -> None:
+        """Raise if this backend cannot serve ``conv``; called when ``conv`` is built."""
+
+    def run(self, conv: ConnectomeConv, graph: SparseGraph, x: Tensor, w_sorted: Tensor) -> Tensor:
+        """``out [N, B]``: ``Σ_j w_ij · f(x_j)`` for ``x [N, B]`` and ``w_sorted [E]``
+        (target-sorted), with ``f`` = ``conv.activation`` (or ``conv.fused_activation``)."""
+        raise NotImplementedError
+
+
+class PygBackend(Backend):
+    """PyG's ``propagate``: gather ``w_ij·f(x_j)`` per edge ``[E, B]``, scatter-add to
+    targets ``[N, B]``. Shapes as :class:`Backend`."""
+
+    name = "pyg"
+
+    def run(self, conv, graph, x, w_sorted):
+        n = graph.num_nodes
+        return conv.propagate(graph.edge_index, x=conv.activation(x), edge_weight=w_sorted, size=(n, n))
+
+
+class _PackageBackend(Backend):
+    """A backend that needs an optional compiled package (``module``)."""
+
+    module: str
+
+    def available(self, device):
+        return _has(self.module)
+
+    def check(self, conv):
+        if not _has(self.module):
+            raise ImportError(
+                f"backend {self.name!r} needs the {self.module.replace('_', '-')}"
+                " package: pip install --no-build-isolation torch-scatter torch-sparse"
+            )
+
+
+class TorchScatterBackend(_PackageBackend):
+    """Gather ``w_ij·f(x_j)`` ``[E, B]``, then ``torch_scatter.segment_csr`` over the
+    target-sorted edges into ``[N, B]`` (needs torch-scatter). Shapes as :class:`Backend`."""
+
+    name = "torch_scatter"
+    module = "torch_scatter"
+
+    def run(self, conv, graph, x, w_sorted):
+        from torch_scatter import segment_csr
+
+        fx = conv.activation(x)
+        return segment_csr(conv.message(fx.index_select(0, graph.src), w_sorted), graph.rowptr, reduce="sum")
+
+
+class SparseTensorBackend(_PackageBackend):
+    """``torch_sparse.SparseTensor`` ``[N, N]`` times ``f(x) [N, B]`` through PyG's fused
+    ``message_and_aggregate`` (needs torch-sparse). Shapes as :class:`Backend`."""
+
+    name = "sparse_tensor"
+    module = "torch_sparse"
+
+    def run(self, conv, graph, x, w_sorted):
+        from torch_sparse import SparseTensor
+
+        adj_t = SparseTensor(
+            row=graph.dst, col=graph.src, value=w_sorted, rowptr=graph.rowptr,
+            sparse_sizes=(graph.num_nodes, graph.num_nodes), is_sorted=True, trust_data=True,
+        )
+        return conv.propagate(adj_t, x=conv.activation(x), edge_weight=None)
+
+
+class CSRBackend(Backend):
+    """torch's CSR ``sparse.mm`` of ``A [N, N]`` and ``f(x) [N, B]``, with graphode's backward:
+    the state gradient as a transposed CSR product, the weight gradient ``[E]`` as per-edge
+    dot products, no dense ``N×N`` work. Shapes as :class:`Backend`."""
+
+    name = "csr"
+
+    def run(self, conv, graph, x, w_sorted):
+        return _CSRMatmul.apply(w_sorted, conv.activation(x).contiguous(), graph)
+
+
+class TritonBackend(Backend):
+    """graphode's fused Triton kernels (:mod:`graphode.kernels`): ``f`` applied inside the
+    gather, one backward pass for both gradients. Runs on CUDA (or with
+    ``TRITON_INTERPRET=1``) and needs an activation given by name. Shapes as :class:`Backend`."""
+
+    name = "triton"
+
+    def available(self, device):
+        from .kernels import triton_available
+
+        return triton_available(device)
+
+    def check(self, conv):
+        if conv.fused_activation is None:
+            raise ValueError(f"backend 'triton' fuses the activation: name one of {sorted(ACTIVATIONS)}, not a callable")
+
+    def run(self, conv, graph, x, w_sorted):
+        from .kernels import TritonSpMM
+
+        if not self.available(x.device):
+            raise RuntimeError(f"backend 'triton' runs on CUDA devices (or with TRITON_INTERPRET=1), not {x.device}")
+        return TritonSpMM.apply(w_sorted, x, graph, conv.fused_activation)
+
+
+_NAMED: dict[str, Backend] = {
+    b.name: b for b in (PygBackend(), TorchScatterBackend(), SparseTensorBackend(), CSRBackend(), TritonBackend())
+}
+BACKENDS = tuple(_NAMED)
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The names of the backends usable on ``device`` here (torch-scatter/torch-sparse are
+    optional; ``triton`` needs CUDA, or ``TRITON_INTERPRET=1``)."""
+    return [name for name, b in _NAMED.items() if b.available(device)]
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+class AutoBackend(Backend):
+    """Times forward+backward of each candidate and runs the fastest, deciding once per size class.
+
+    The size class of a call is ``(device, dtype, B, N, E)`` with the batch width ``B``, the
+    node count ``N`` and the edge count ``E`` each rounded up to the next power of two
+    (:meth:`size_class`); :attr:`choices` maps each class seen to the chosen backend's name.
+    Shapes as :class:`Backend`.
+
+    Args:
+        candidates: backends (objects or names) to choose from; those not available on the
+            call's device are skipped. Default: every available named backend, except Triton
+            when it would run interpreted (off CUDA) or with a callable activation.
+        repeats: timed runs per candidate, after one warm-up run; the best counts.
+
+    The choices belong to the instance (``"auto"`` resolves to a new one for each layer);
+    share one only among layers with the same activation.
+    """
+
+    name = "auto"
+
+    def __init__(self, candidates: Sequence[Backend | str] | None = None, repeats: int = 2):
+        self.candidates = None if candidates is None else [resolve_backend(c) for c in candidates]
+        self.repeats = repeats
+        self._winners: dict[tuple, Backend] = {}
+
+    @property
+    def choices(self) -> dict[tuple, str]:
+        """``{size class: backend name}`` of the decisions made so far."""
+        return {key: b.name for key, b in self._winners.items()}
+
+    @staticmethod
+    def size_class(graph: SparseGraph, x: Tensor) -> tuple:
+        """``(device, dtype, B, N, E)`` of ``x [N, B]`` on ``graph``, sizes rounded up to powers of two."""
+        return (x.device, x.dtype, _pow2_ceil(x.size(1)), _pow2_ceil(graph.num_nodes), _pow2_ceil(graph.num_edges))
+
+    def run(self, conv, graph, x, w_sorted):
+        key = self.size_class(graph, x)
+        backend = self._winners.get(key)
+        if backend is None:
+            backend = self._winners[key] = self._ranking(conv, graph, x, w_sorted)[0][0]
+        return backend.run(conv, graph, x, w_sorted)
+
+    def benchmark(self, conv: ConnectomeConv, graph: SparseGraph, x: Tensor, w_sorted: Tensor) -> list[tuple[str, float]]:
+        """Time forward+backward (grads to states and weights) of each candidate on ``x [N, B]``
+        and ``w_sorted [E]`` (target-sorted order).
+
+        Returns:
+            ``[(backend name, seconds), ...]`` fastest first.
+        """
+        return [(b.name, t) for b, t in self._ranking(conv, graph, x, w_sorted)]
+
+    def _candidates(self, conv: ConnectomeConv, device: torch.device) -> list[Backend]:
+        if self.candidates is not None:
+            return [b for b in self.candidates if b.available(device)]
+        # Interpreted Triton (TRITON_INTERPRET=1 on a CPU) is for tests, never fastest.
+        skip_triton = device.type != "cuda" or conv.fused_activation is None
+        return [b for b in _NAMED.values() if b.available(device) and not (b.name == "triton" and skip_triton)]
+
+    def _ranking(self, conv, graph, x, w_sorted) -> list[tuple[Backend, float]]:
+        candidates = self._candidates(conv, x.device)
+        if not candidates:
+            raise RuntimeError(f"AutoBackend: none of its candidates is available on {x.device}")
+        # The choice is also made for calls under no_grad, and inside checkpointed code:
+        # identity hooks keep an enclosing torch.utils.checkpoint from recording the
+        # trial runs' saved tensors (its recomputation would then save fewer and fail).
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            timed = [(b, self._time(b, conv, graph, x, w_sorted)) for b in candidates]
+        return sorted(timed, key=lambda r: r[1])
+
+    def _time(self, backend: Backend, conv, graph, x, w_sorted) -> float:
+        xs = x.detach().requires_grad_(True)
+        ws = w_sorted.detach().requires_grad_(True)
+        best = float("inf")
+        for _ in range(self.repeats + 1):  # the first run warms up caches and kernels
+            _sync(x.device)
+            t0 = time.perf_counter()
+            backend.run(conv, graph, xs, ws).sum().backward()
+            _sync(x.device)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+
+def resolve_backend(spec: str | Backend) -> Backend:
+    """The backend object for ``spec``: a :class:`Backend` is returned as is; ``"auto"`` gives a
+    new :class:`AutoBackend` (its own cache of choices); ``"pyg"``, ``"torch_scatter"``,
+    ``"sparse_tensor"``, ``"csr"`` and ``"triton"`` give the named backend.
+
+    Raises:
+        ValueError: an unknown name. TypeError: neither a string nor a :class:`Backend`.
+    """
+    if isinstance(spec, Backend):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"backend must be a name or a Backend object, got {type(spec).__name__}: {spec!r}")
+    if spec == "auto":
+        return AutoBackend()
+    if spec not in _NAMED:
+        raise ValueError(f"unknown backend {spec!r}; choose from 'auto', {', '.join(BACKENDS)}")
+    return _NAMED[spec]
+
+
 class ConnectomeConv(MessagePassing):
     r"""Recurrent synaptic input of every neuron, ``a_i = Σ_{j→i} w_ij · f(v_j)``.
 
     Args:
         activation: the neuron nonlinearity ``f``: ``"relu"`` (the fly visual system model),
             ``"softplus"``, ``"tanh"``, ``"sigmoid"``, ``"identity"``, or a callable.
-        backend: ``"auto"`` (fastest by measurement), ``"pyg"``, ``"torch_scatter"``,
-            ``"sparse_tensor"`` or ``"csr"``; see the module docs.
+        backend: a :class:`Backend` object or a name for :func:`resolve_backend`: ``"auto"``
+            (fastest by measurement, per size class), ``"pyg"``, ``"torch_scatter"``,
+            ``"sparse_tensor"``, ``"csr"`` or ``"triton"``; see the module docs. Stored,
+            resolved, as ``self.backend``.
 
     Shapes:
         - x: ``[N, B]`` node states (``[N]`` is treated as ``B = 1``).
@@ -224,7 +461,7 @@ class ConnectomeConv(MessagePassing):
         - output: ``[N, B]`` (``[N]`` for a 1-D ``x``).
     """
 
-    def __init__(self, activation: str | Callable[[Tensor], Tensor] = "relu", backend: str = "auto"):
+    def __init__(self, activation: str | Callable[[Tensor], Tensor] = "relu", backend: str | Backend = "auto"):
         super().__init__(aggr="add", flow="source_to_target", node_dim=0)
         # The name the Triton kernels apply: only for activations given by name, since a
         # callable's __name__ (a user's "relu") need not be graphode's function.
@@ -237,22 +474,13 @@ class ConnectomeConv(MessagePassing):
         else:
             self.activation_name = getattr(activation, "__name__", "custom")
             self.activation = activation
-        if backend != "auto" and backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose from 'auto', {', '.join(BACKENDS)}")
-        if backend == "triton" and self.fused_activation is None:
-            raise ValueError(f"backend 'triton' fuses the activation: name one of {sorted(ACTIVATIONS)}, not a callable")
-        if backend in ("torch_scatter", "sparse_tensor") and backend not in available_backends():
-            raise ImportError(
-                f"backend {backend!r} needs the {'torch-scatter' if backend == 'torch_scatter' else 'torch-sparse'}"
-                " package: pip install --no-build-isolation torch-scatter torch-sparse"
-            )
-        self.backend = backend
+        self.backend = resolve_backend(backend)
+        self.backend.check(self)
         self._graphs: dict[tuple, tuple[Tensor, SparseGraph]] = {}
-        self._chosen: dict[tuple, str] = {}
 
     # -- structure cache -------------------------------------------------------------------
     def graph_for(self, edge_index: Tensor, num_nodes: int) -> SparseGraph:
-        """The cached :class:`SparseGraph` of ``edge_index`` (built on first use)."""
+        """The cached :class:`SparseGraph` of ``edge_index [2, E]`` (built on first use)."""
         key = (
             edge_index.data_ptr(), edge_index.shape, edge_index.stride(), edge_index.device,
             edge_index._version, num_nodes,
@@ -283,36 +511,8 @@ class ConnectomeConv(MessagePassing):
         if edge_weight is None or edge_weight.shape != (graph.num_edges,):
             got = None if edge_weight is None else tuple(edge_weight.shape)
             raise ValueError(f"edge_weight must be [{graph.num_edges}], got {got}")
-        backend = self.backend if self.backend != "auto" else self._choose(graph, x, edge_weight)
-        out = self._run(backend, graph, x, edge_weight)
+        out = self.backend.run(self, graph, x, graph.sorted_weights(edge_weight))
         return out.squeeze(1) if squeeze else out
-
-    def _run(self, backend: str, graph: SparseGraph, x: Tensor, edge_weight: Tensor) -> Tensor:
-        w = graph.sorted_weights(edge_weight)
-        if backend == "triton":
-            from .kernels import TritonSpMM, triton_available
-
-            if not triton_available(x.device):
-                raise RuntimeError(f"backend 'triton' runs on CUDA devices (or with TRITON_INTERPRET=1), not {x.device}")
-            return TritonSpMM.apply(w, x, graph, self.fused_activation)
-        fx = self.activation(x)
-        if backend == "csr":
-            return _CSRMatmul.apply(w, fx.contiguous(), graph)
-        if backend == "pyg":
-            return self.propagate(graph.edge_index, x=fx, edge_weight=w, size=(graph.num_nodes, graph.num_nodes))
-        if backend == "torch_scatter":
-            from torch_scatter import segment_csr
-
-            return segment_csr(self.message(fx.index_select(0, graph.src), w), graph.rowptr, reduce="sum")
-        if backend == "sparse_tensor":
-            from torch_sparse import SparseTensor
-
-            adj_t = SparseTensor(
-                row=graph.dst, col=graph.src, value=w, rowptr=graph.rowptr,
-                sparse_sizes=(graph.num_nodes, graph.num_nodes), is_sorted=True, trust_data=True,
-            )
-            return self.propagate(adj_t, x=fx, edge_weight=None)
-        raise ValueError(f"unknown backend {backend!r}")
 
     def message(self, x_j: Tensor, edge_weight: Tensor) -> Tensor:
         return edge_weight.unsqueeze(-1) * x_j
@@ -323,47 +523,22 @@ class ConnectomeConv(MessagePassing):
 
         return matmul(adj_t, x, reduce="sum")
 
-    # -- measurement-based backend choice --------------------------------------------------
-    def _choose(self, graph: SparseGraph, x: Tensor, edge_weight: Tensor) -> str:
-        # Keyed on sizes, not the graph object: a stream of equally sized graphs (a PyG
-        # DataLoader) is measured once.
-        key = (graph.num_nodes, graph.num_edges, x.size(1), x.device, x.dtype)
-        if key not in self._chosen:
-            self._chosen[key] = self.benchmark(graph, x.detach(), edge_weight.detach())[0][0]
-        return self._chosen[key]
-
-    def benchmark(self, graph: SparseGraph, x: Tensor, edge_weight: Tensor, repeats: int = 2):
-        """Time forward+backward (grads to states and weights) of each available backend.
+    def benchmark(self, graph: SparseGraph, x: Tensor, edge_weight: Tensor) -> list[tuple[str, float]]:
+        """Time forward+backward (grads to states and weights) of each backend on ``x [N, B]``
+        and ``edge_weight [E]`` (user order): the candidates of this layer's
+        :class:`AutoBackend`, or every available backend when the backend is named.
 
         Returns:
-            ``[(backend, seconds), ...]`` fastest first.
+            ``[(backend name, seconds), ...]`` fastest first.
         """
-        results = []
-        # The choice is also made for calls under no_grad, and inside checkpointed code:
-        # identity hooks keep an enclosing torch.utils.checkpoint from recording the
-        # trial runs' saved tensors (its recomputation would then save fewer and fail).
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            for backend in available_backends(x.device):
-                # Interpreted Triton (TRITON_INTERPRET=1 on a CPU) is for tests, never fastest.
-                if backend == "triton" and (x.device.type != "cuda" or self.fused_activation is None):
-                    continue
-                results.append((backend, self._time_backend(backend, graph, x, edge_weight, repeats)))
-        return sorted(results, key=lambda r: r[1])
-
-    def _time_backend(self, backend: str, graph: SparseGraph, x: Tensor, edge_weight: Tensor, repeats: int) -> float:
-        xs = x.detach().requires_grad_(True)
-        ws = edge_weight.detach().requires_grad_(True)
-        best = float("inf")
-        for _ in range(repeats + 1):  # the first run warms up caches and kernels
-            _sync(x.device)
-            t0 = time.perf_counter()
-            self._run(backend, graph, xs, ws).sum().backward()
-            _sync(x.device)
-            best = min(best, time.perf_counter() - t0)
-        return best
+        auto = self.backend if isinstance(self.backend, AutoBackend) else AutoBackend()
+        return auto.benchmark(self, graph, x, graph.sorted_weights(edge_weight))
 
     def extra_repr(self) -> str:
-        return f"activation={self.activation_name}, backend={self.backend}"
+        return f"activation={self.activation_name}, backend={self.backend.name}"
+
+    def __repr__(self) -> str:  # MessagePassing's own __repr__ would leave out extra_repr
+        return f"{type(self).__name__}({self.extra_repr()})"
 
 
 def _is_sparse_tensor(obj) -> bool:

@@ -1,4 +1,8 @@
-"""Connectome classifier: input mapping → neuron dynamics (ODE) → readout.
+"""Classifiers: input → neuron dynamics (ODE) → readout.
+
+:class:`GraphODEClassifier` classifies graphs: every sample is a connectome of its own (a
+PyG ``Batch`` from a ``DataLoader``), simulated by one graph-agnostic
+:class:`~graphode.dynamics.ConnectomeDynamics` and pooled per graph into ``[num_graphs, C]``.
 
 :class:`ConnectomeClassifier` is the whole model of a task such as "MNIST through the fly
 visual system": an image is mapped to a drive current per neuron
@@ -20,13 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
-from .dynamics import ConnectomeDynamics
+from .dynamics import BoundDynamics, ConnectomeDynamics
+from .gradients import Gradient, resolve_gradient
 from .inputs import SparseProjection, hex_retina, random_pixels
 from .readout import LinearReadout, PooledReadout
 from .solve import Solution, solve
+from .solvers import Method, resolve_method
 from .transforms import DegreePreservingShuffle
 
-__all__ = ["ConnectomeClassifier", "build_connectome", "DEFAULT_CONFIG"]
+__all__ = ["ConnectomeClassifier", "GraphODEClassifier", "build_connectome", "DEFAULT_CONFIG"]
 
 
 def build_connectome(spec: dict[str, Any]) -> Data:
@@ -115,7 +121,7 @@ class ConnectomeClassifier(nn.Module):
         n = int(data.num_nodes)
         self.num_nodes = n
         self.input_map = self._make_input(data, cfg)
-        self.dynamics = ConnectomeDynamics(
+        self.dynamics = BoundDynamics(
             data,
             activation=cfg["activation"],
             backend=cfg["backend"],
@@ -184,3 +190,74 @@ class ConnectomeClassifier(nn.Module):
         sol = self.simulate(images)
         self.last_solution = sol
         return self.readout(sol.ys, self.output_mask, self.cell_type, self.pos)
+
+
+class GraphODEClassifier(nn.Module):
+    """Graph classification with a neural ODE on every graph of a PyG ``Batch``.
+
+    The batch is solved as one ODE (state ``[B, N_total]``, the block-diagonal graph), from
+    rest, by ``dynamics`` (graph per call, parameters shared by cell type / edge type); the
+    activity of each graph's output neurons at ``num_records`` times is pooled per graph by
+    ``readout``.
+
+    Args:
+        dynamics: a :class:`~graphode.dynamics.ConnectomeDynamics` (not a bound one).
+        readout: a :class:`~graphode.readout.PooledReadout` with ``num_records`` records and
+            the dynamics' cell-type vocabulary.
+        t_end: simulated time; records at ``t_end / R, 2 t_end / R, …, t_end``.
+        num_records: R.
+        output_key: the node mask of the neurons read out (all neurons when a graph lacks it).
+        method, controller, gradient, rtol, atol, checkpoints, max_steps: the solve's
+            strategies (:func:`~graphode.solve.solve`), names resolved once here.
+
+    Shapes:
+        forward(batch, stimulus=None) → logits ``[num_graphs, C]`` (``[B · num_graphs, C]``,
+        sample-major, for a stimulus of ``B`` samples ``[B, N_total]``).
+    """
+
+    def __init__(
+        self,
+        dynamics: ConnectomeDynamics,
+        readout: PooledReadout,
+        *,
+        t_end: float = 1.0,
+        num_records: int = 4,
+        output_key: str = "output_mask",
+        method: str | Method = "dopri5",
+        controller=None,
+        gradient: str | Gradient = "autodiff",
+        rtol: float | None = None,
+        atol: float | None = None,
+        checkpoints: int | None = None,
+        max_steps: int = 1000,
+    ):
+        super().__init__()
+        if isinstance(dynamics, BoundDynamics):
+            raise TypeError("GraphODEClassifier solves a different graph per batch: give it a ConnectomeDynamics, not a BoundDynamics")
+        if num_records < 1 or not t_end > 0:
+            raise ValueError(f"need num_records >= 1 and t_end > 0, got {num_records} and {t_end}")
+        self.dynamics, self.readout, self.output_key = dynamics, readout, output_key
+        self.register_buffer("t_eval", torch.linspace(t_end / num_records, t_end, num_records))
+        self.t_end = float(t_end)
+        self.solver_options = dict(
+            method=resolve_method(method), controller=controller, gradient=resolve_gradient(gradient, checkpoints),
+            rtol=rtol, atol=atol, max_steps=max_steps,
+        )
+        self.last_solution: Solution | None = None
+
+    def forward(self, batch, stimulus=None) -> Tensor:
+        n = int(batch.num_nodes)
+        b = stimulus.size(0) if isinstance(stimulus, Tensor) else 1
+        v0 = self.t_eval.new_zeros(b, n)
+        sol = solve(self.dynamics, v0, (0.0, self.t_end), args=(batch, stimulus), t_eval=self.t_eval, **self.solver_options)
+        self.last_solution = sol
+        mask = getattr(batch, self.output_key, None)
+        if mask is None:
+            mask = torch.ones(n, dtype=torch.bool, device=v0.device)
+        cell_type = getattr(batch, "cell_type", None)
+        if cell_type is None:
+            cell_type = torch.zeros(n, dtype=torch.long, device=v0.device)
+        index = getattr(batch, "batch", None)
+        num_graphs = int(getattr(batch, "num_graphs", 1))
+        return self.readout(sol.ys, mask, cell_type, getattr(batch, "pos", None) if self.readout.num_frequencies else None,
+                            index, num_graphs if index is not None else None)

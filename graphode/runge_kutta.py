@@ -62,19 +62,22 @@ class _Weights:
         )
 
 
-def combine(y0: Tensor | None, dt: Tensor, weights: tuple[float, ...], stages: list[Tensor]) -> Tensor:
+def combine(
+    y0: Tensor | None, dt: Tensor, weights: tuple[float, ...], stages: list[Tensor], fuse: bool | None = None
+) -> Tensor:
     """``y0 + dt · Σ_j weights[j] · stages[j]`` (``dt · Σ …`` without ``y0``).
 
     ``y0, stages[j]: [B, N]``, ``dt: [B, 1]``; zero weights are skipped. The result has the
     memory layout of the stages. On CUDA, float32 operands go through one fused Triton
     kernel forward and one backward (:class:`graphode.kernels.FusedCombination`); torch
-    needs a kernel per term each way.
+    needs a kernel per term each way. ``fuse`` is the fusion policy
+    (:func:`graphode.kernels.fusing`).
     """
     terms = [(w, k) for w, k in zip(weights, stages) if w != 0.0]
     if not terms:
         return torch.zeros_like(stages[0]) if y0 is None else y0
     coefficients, used = zip(*terms)
-    if kernels.combination_supported(y0, dt, list(used)):
+    if kernels.combination_supported(y0, dt, list(used), fuse):
         return kernels.FusedCombination.apply(dt, coefficients, y0, *used)
     acc = None
     for w, k in terms:
@@ -90,6 +93,7 @@ class _SeparateStages:
     """
 
     _weights: _Weights  # the class's TABLEAU as Python floats, set once per subclass
+    fuse: bool | None = None  # the stage sums' fusion policy (graphode.kernels.fusing)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -105,11 +109,11 @@ class _SeparateStages:
         t_nodes = torch.addcmul(t0, tableau.c[:, None], dt)
         y_i = y0
         for i in range(1, tableau.n_stages):
-            y_i = combine(y0, dt_data, weights.a[i], stages)
+            y_i = combine(y0, dt_data, weights.a[i], stages, self.fuse)
             stages.append(term_.vf(t_nodes[i], y_i, stats, args))
-        y1 = y_i if tableau.ssal else combine(y0, dt_data, weights.b, stages)
+        y1 = y_i if tableau.ssal else combine(y0, dt_data, weights.b, stages, self.fuse)
         with torch.no_grad():
-            error = combine(None, dt_data, weights.b_err, stages)
+            error = combine(None, dt_data, weights.b_err, stages, self.fuse)
         if tableau.fsal:
             state = ERKState(state.tableau, stages[-1])
         # ``k`` is the list of stages here; build_interpolation stacks it when needed.
@@ -139,7 +143,7 @@ class Dopri5(_SeparateStages, to.Dopri5):
         dt = data.dt.to(dtype=data.y0.dtype).unsqueeze(1)
         y0, y1 = data.y0, data.y1
         f0, f1 = dt * data.k[0], dt * data.k[-1]
-        y_mid = combine(y0, dt, self._MIDPOINT, data.k)
+        y_mid = combine(y0, dt, self._MIDPOINT, data.k, self.fuse)
         a = (2 * (f1 - f0)).add(y1 + y0, alpha=-8).add(y_mid, alpha=16)
         b = (5 * f0).add(f1, alpha=-3).add(y0, alpha=18).add(y1, alpha=14).add(y_mid, alpha=-32)
         c = f1.add(f0, alpha=-4).add(y0, alpha=-11).add(y1, alpha=-5).add(y_mid, alpha=16)

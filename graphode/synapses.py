@@ -1,23 +1,27 @@
-"""Learnable signed synaptic weights ``w_ij = sign_ij · g(θ)`` for a connectome graph.
+"""Learnable signed synaptic weights ``w_ij = sign_ij · g(θ)``, computed from a graph.
 
 Real connectomes have heavy-tailed fan-in and synapse counts: a neuron may receive tens of
-synapses from one partner and thousands in total. Using raw counts as weights (the seed
-tutorial's ``abs(connectome)``) drives every unit into saturation, and the network forgets
-its input. graphode therefore starts from ``syn_weight`` — each connection's synapse count
-divided by its target's total input synapses, so every neuron's incoming magnitudes sum to
-one — times a ``gain``. With signs this keeps the recurrent input of order one.
+synapses from one partner and thousands in total. Using raw counts as weights (the
+torch-biopl tutorial's ``abs(connectome)``) drives every unit into saturation, and the
+network forgets its input. graphode therefore starts from ``syn_weight`` — each
+connection's synapse count divided by its target's total input synapses, so every neuron's
+incoming magnitudes sum to one — times a ``gain``. With signs this keeps the recurrent input
+of order one.
 
 Parameterisations (``mode``):
 
-``"per_edge"``
-    one parameter per connection: ``|w| = softplus(β θ)/β`` (β = 20, nearly ``relu`` but
-    never exactly zero, so a synapse can regrow); initialised to ``gain · syn_weight``.
 ``"per_edge_type"``
-    one strength per (source type, target type) pair as in the published fly visual
-    system model: ``|w| = softplus(θ_type) · gain · syn_weight``, ``θ`` initialised so that
-    ``softplus(θ) = 1``.
+    one strength per (source type, target type) pair, shared by every graph whose edge-type
+    codes index the same vocabulary: ``|w| = softplus(θ_type) · gain · syn_weight``, ``θ``
+    initialised so that ``softplus(θ) = 1``. (graphode's own normalised form; the published
+    fly visual system model scales raw counts instead.)
 ``"fixed"``
-    no parameters: ``w = sign · gain · syn_weight``.
+    no parameters: ``w = sign · gain · syn_weight``; works on any graph.
+``"per_edge"``
+    one parameter per connection of *one* connectome: ``|w| = softplus(β θ)/β`` (β = 20,
+    nearly ``relu`` but never exactly zero, so a synapse can regrow); initialised to
+    ``gain · syn_weight``. Built from that graph's ``sign`` and magnitudes
+    (:meth:`SynapseWeights.from_data`), it refuses a graph with another number of edges.
 
 With ``dale=True`` (default) the sign of every synapse is the graph's fixed ``sign`` and
 only magnitudes learn, so the constraint holds exactly throughout training. (The fly visual
@@ -34,11 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._graph_state import GraphTensors
-
-__all__ = ["SynapseWeights", "inverse_softplus"]
+__all__ = ["SynapseWeights", "inverse_softplus", "WEIGHT_MODES"]
 
 _BETA = 20.0
+WEIGHT_MODES = ("per_edge_type", "fixed", "per_edge")
 
 
 def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
@@ -47,72 +50,124 @@ def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
     return (by + torch.log(-torch.expm1(-by))) / beta
 
 
-class SynapseWeights(GraphTensors):
-    """Signed synaptic weights of one connectome, ``forward() -> [E]``.
+def check_synapses(sign: Tensor, magnitude: Tensor, where: str = "graph") -> None:
+    """Raise unless ``sign [E]`` is ±1 and ``magnitude [E]`` finite and ``>= 0``."""
+    if sign.dim() != 1 or magnitude.shape != sign.shape:
+        raise ValueError(f"{where}: sign and magnitude must both be [E], got {tuple(sign.shape)} and {tuple(magnitude.shape)}")
+    if not bool(((sign == 1) | (sign == -1)).all()):
+        raise ValueError(f"{where}: sign must be +1 or -1 for every edge")
+    if not bool((torch.isfinite(magnitude) & (magnitude >= 0)).all()):
+        raise ValueError(f"{where}: synapse magnitudes (syn_weight / syn_count) must be finite and >= 0")
+
+
+class SynapseWeights(nn.Module):
+    """Signed synaptic weights of a graph, ``forward(sign, magnitude, edge_type) -> [E]``.
 
     Args:
-        sign: ``[E]`` ±1 per connection.
-        magnitude: ``[E]`` ≥ 0 initial magnitudes (usually ``data.syn_weight``).
-        edge_type: ``[E]`` edge-type ids, needed for ``mode="per_edge_type"``.
-        mode: ``"per_edge"``, ``"per_edge_type"`` or ``"fixed"`` (see module docs).
-        gain: scale of the initial magnitudes.
+        mode: ``"per_edge_type"``, ``"fixed"`` or ``"per_edge"`` (see module docs).
+        num_edge_types: size of the edge-type vocabulary (``per_edge_type``).
+        gain: scale of the magnitudes.
         dale: keep signs fixed (magnitudes ≥ 0).
+        sign, magnitude: ``[E]`` the one connectome a ``per_edge`` parameterisation is
+            built for (its parameters are initialised from them).
+
+    Shapes: forward(sign ``[E]``, magnitude ``[E]``, edge_type ``[E]`` or None) → ``[E]``.
     """
 
     def __init__(
         self,
-        sign: Tensor,
-        magnitude: Tensor,
-        edge_type: Tensor | None = None,
+        mode: str = "per_edge_type",
         *,
-        mode: str = "per_edge",
+        num_edge_types: int | None = None,
         gain: float = 1.0,
         dale: bool = True,
+        sign: Tensor | None = None,
+        magnitude: Tensor | None = None,
     ):
         super().__init__()
-        if sign.dim() != 1 or magnitude.shape != sign.shape:
-            raise ValueError(f"sign and magnitude must both be [E], got {tuple(sign.shape)} and {tuple(magnitude.shape)}")
-        if not torch.isfinite(magnitude).all() or (magnitude < 0).any():
-            raise ValueError("synapse magnitudes must be finite and >= 0")
-        if not ((sign == 1) | (sign == -1)).all():
-            raise ValueError("signs must be +1 or -1")
-        if mode not in ("per_edge", "per_edge_type", "fixed"):
-            raise ValueError(f"unknown weight mode {mode!r}; choose per_edge, per_edge_type or fixed")
+        if mode not in WEIGHT_MODES:
+            raise ValueError(f"unknown weight mode {mode!r}; choose from {', '.join(WEIGHT_MODES)}")
         if not dale and mode != "per_edge":
             raise ValueError("dale=False needs mode='per_edge'")
+        if not (math.isfinite(gain) and gain > 0):
+            raise ValueError(f"gain must be finite and > 0 (signs come from the graph), got {gain}")
         self.mode, self.dale, self.gain = mode, dale, float(gain)
-        sign = sign.float()
-        graph = {"sign": sign, "magnitude": magnitude.float() * gain}
+        self.num_edges: int | None = None
         if mode == "per_edge_type":
-            if edge_type is None or edge_type.shape != sign.shape:
-                raise ValueError("mode='per_edge_type' needs edge_type [E]")
-            graph["edge_type"] = edge_type.long()
-        # Graph data, rebuilt with the model: out of the state_dict, guarded by a fingerprint.
-        self.register_graph(**graph)
-        if mode == "per_edge":
-            init = self.magnitude if dale else sign * self.magnitude
-            theta = inverse_softplus(init, _BETA) if dale else init
-            self.theta = nn.Parameter(theta.clone())
-        elif mode == "per_edge_type":
-            n_types = int(edge_type.max()) + 1 if edge_type.numel() else 0
-            self.theta = nn.Parameter(torch.full((n_types,), math.log(math.e - 1.0)))
+            if num_edge_types is None or num_edge_types < 1:
+                raise ValueError(f"mode='per_edge_type' needs num_edge_types >= 1, got {num_edge_types}")
+            self.theta = nn.Parameter(torch.full((int(num_edge_types),), math.log(math.e - 1.0)))
+        elif mode == "per_edge":
+            if sign is None or magnitude is None:
+                raise ValueError(
+                    "mode='per_edge' learns one weight per synapse of one connectome: build it with "
+                    "SynapseWeights.from_data(data, mode='per_edge') (or BoundDynamics(data, weights='per_edge'))"
+                )
+            check_synapses(sign, magnitude)
+            init = magnitude.float() * self.gain
+            self.theta = nn.Parameter(inverse_softplus(init, _BETA) if dale else sign.float() * init)
+            self.num_edges = int(sign.numel())
+
+    @property
+    def num_edge_types(self) -> int | None:
+        return int(self.theta.numel()) if self.mode == "per_edge_type" else None
 
     @classmethod
-    def from_data(cls, data, **kwargs) -> "SynapseWeights":
-        """From a connectome ``Data`` (uses ``sign``, ``syn_weight`` and ``edge_type``)."""
-        magnitude = getattr(data, "syn_weight", None)
-        if magnitude is None:
-            magnitude = data.syn_count
-        return cls(data.sign, magnitude, getattr(data, "edge_type", None), **kwargs)
+    def from_data(cls, data, mode: str = "per_edge_type", **kwargs) -> "SynapseWeights":
+        """For the graphs of ``data``: ``num_edge_types`` from its vocabulary
+        (``edge_type_names``, else the largest code + 1); ``per_edge`` is built on ``data``."""
+        if mode == "per_edge":
+            return cls(mode, sign=data.sign, magnitude=synapse_magnitude(data), **kwargs)
+        if mode == "per_edge_type":
+            kwargs.setdefault("num_edge_types", vocabulary_size(data, "edge_type"))
+        return cls(mode, **kwargs)
 
-    def forward(self) -> Tensor:
+    def forward(self, sign: Tensor, magnitude: Tensor, edge_type: Tensor | None = None) -> Tensor:
+        if self.mode == "per_edge":
+            if sign.numel() != self.num_edges:
+                raise ValueError(
+                    f"these per-edge weights belong to a connectome with {self.num_edges} synapses, "
+                    f"not {sign.numel()}: per-edge parameters fit one graph (use weights='per_edge_type' "
+                    "to share strengths across graphs)"
+                )
+            if not self.dale:
+                return self.theta
+            return sign.to(self.theta.dtype) * F.softplus(_BETA * self.theta) / _BETA
+        scaled = magnitude if self.gain == 1.0 else magnitude * self.gain
         if self.mode == "fixed":
-            return self.sign * self.magnitude
-        if self.mode == "per_edge_type":
-            return self.sign * F.softplus(self.theta)[self.edge_type] * self.magnitude
-        if not self.dale:
-            return self.theta
-        return self.sign * F.softplus(_BETA * self.theta) / _BETA
+            return sign * scaled
+        if edge_type is None:
+            raise ValueError("mode='per_edge_type' needs the graph's edge_type [E]")
+        return sign * F.softplus(self.theta)[edge_type] * scaled
+
+    def of(self, graph) -> Tensor:
+        """The weights ``[E]`` of a graph (``Data``/``Batch``): ``forward`` on its ``sign``,
+        magnitudes and ``edge_type``."""
+        return self(graph.sign, synapse_magnitude(graph), getattr(graph, "edge_type", None))
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, edges={self.sign.numel()}, gain={self.gain}, dale={self.dale}"
+        size = f"edge_types={self.num_edge_types}" if self.mode == "per_edge_type" else f"edges={self.num_edges}"
+        return f"mode={self.mode}, {size}, gain={self.gain}, dale={self.dale}"
+
+
+def synapse_magnitude(data) -> Tensor:
+    """``data.syn_weight`` (normalised counts), else ``data.syn_count``: ``[E]``."""
+    magnitude = getattr(data, "syn_weight", None)
+    if magnitude is None:
+        magnitude = getattr(data, "syn_count", None)
+    if magnitude is None:
+        raise ValueError("the graph has neither syn_weight nor syn_count: the synaptic weights need one of them")
+    return magnitude
+
+
+def vocabulary_size(data, key: str) -> int:
+    """How many codes ``data[key]`` may take: ``len(data[key + '_names'])`` (a single
+    graph's names), else the largest code + 1."""
+    codes = getattr(data, key, None)
+    if codes is None:
+        raise ValueError(f"the graph has no {key}: pass num_{key}s= explicitly or use another mode")
+    names = getattr(data, f"{key}_names", None)
+    largest = int(codes.max()) + 1 if codes.numel() else 1
+    if isinstance(names, (list, tuple)) and names and not isinstance(names[0], (list, tuple)):
+        return max(len(names), largest)
+    return largest

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from graphode.dynamics import ConnectomeDynamics
+from graphode.dynamics import BoundDynamics, ConnectomeDynamics
 from graphode.experiments import (
     CellTypeResponses,
     Clamp,
@@ -58,7 +58,7 @@ def _chain(bias: float = 0.0, **kw) -> tuple[Data, ConnectomeDynamics]:
     opts = dict(activation="identity", weights="fixed", tau=TAU0, tau_mode="fixed", bias=bias, bias_mode="fixed",
                 backend="pyg")
     opts.update(kw)
-    return data, ConnectomeDynamics(data, **opts).double()
+    return data, BoundDynamics(data, **opts).double()
 
 
 def _linear_closed_form(W: torch.Tensor, c: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,7 @@ def test_persistent_silence_handle_and_gradients():
     # reference: the same circuit built without the synapse 1 -> 2
     ref_data = Data(edge_index=torch.tensor([[0, 2], [1, 3]]), sign=torch.ones(2),
                     syn_weight=torch.tensor([W01, W23]), num_nodes=4)
-    ref = ConnectomeDynamics(ref_data, activation="identity", weights="per_edge", tau=TAU0, tau_mode="fixed",
+    ref = BoundDynamics(ref_data, activation="identity", weights="per_edge", tau=TAU0, tau_mode="fixed",
                              bias=0.25, bias_mode="per_neuron", backend="pyg").double()
     solve(ref, torch.zeros(1, 4, dtype=F64), (0.0, 2.0), args=(U0,), t_eval=TS, **TOL).ys.pow(2).sum().backward()
     torch.testing.assert_close(g[[0, 2]], ref.synapses.theta.grad, rtol=1e-6, atol=1e-9)
@@ -288,7 +288,7 @@ def test_select_neurons_on_batch():
     with pytest.raises(ValueError, match="unknown cell type"):
         select_neurons(batch, cell_types="Z")
     # a dynamics on the batch: silencing graph 0's neuron 1 leaves graph 1 alone
-    dyn = ConnectomeDynamics(batch, activation="identity", weights="fixed", tau=TAU0, tau_mode="fixed",
+    dyn = BoundDynamics(batch, activation="identity", weights="fixed", tau=TAU0, tau_mode="fixed",
                              bias=0.0, bias_mode="fixed", backend="pyg").double()
     u = torch.zeros(1, 7, dtype=F64)
     u[0, 0] = u[0, 4] = 1.0

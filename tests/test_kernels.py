@@ -76,8 +76,7 @@ def test_triton_backend_gradcheck_and_float32():
 
 def test_triton_backend_on_the_fly_visual_system_equals_csr():
     data = fly_visual_system(1).to(DEVICE)
-    weights = SynapseWeights.from_data(data, mode="per_edge")
-    w = weights().detach()
+    w = SynapseWeights.from_data(data, mode="per_edge").of(data).detach()
     x = torch.randn(data.num_nodes, 5, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     outs, grads = [], []
     for backend in ("csr", "triton"):
@@ -122,7 +121,7 @@ def test_triton_backend_needs_cuda_outside_the_interpreter(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a CUDA GPU")
 def test_compiled_kernels_on_cuda_equal_csr():
     data = fly_visual_system(4)
-    w = SynapseWeights.from_data(data, mode="per_edge")().detach().cuda()
+    w = SynapseWeights.from_data(data, mode="per_edge").of(data).detach().cuda()
     ei = data.edge_index.cuda()
     x = torch.randn(data.num_nodes, 300, device="cuda")
     for activation in sorted(kernels.KERNEL_ACTIVATIONS):
@@ -149,13 +148,12 @@ def _stages(b, n, terms, node_major, seed=0):
 @pytest.mark.parametrize("with_y0", [True, False])
 @pytest.mark.parametrize(("terms", "b", "n"), [(1, 5, 37), (3, 5, 37), (7, 5, 37), (2, 20, 600)])  # [20, 600]: many tiles both ways
 def test_fused_combination_matches_torch_forward_and_backward(node_major, with_y0, terms, b, n, monkeypatch):
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     y0, ks, dt = _stages(b, n, terms, node_major, seed=terms)
     coefficients = [0.5 - 0.3 * j for j in range(terms)]
     y0 = y0.to(DEVICE).requires_grad_(True) if with_y0 else None
     ks = [k.to(DEVICE).requires_grad_(True) for k in ks]
     dt = dt.to(DEVICE)
-    assert kernels.combination_supported(y0, dt, ks)
+    assert kernels.combination_supported(y0, dt, ks, fuse=True)
     out = kernels.FusedCombination.apply(dt, tuple(coefficients), y0, *ks)
     ref = dt * sum(c * k.double() for c, k in zip(coefficients, ks)) + (0 if y0 is None else y0.double())
     torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
@@ -169,35 +167,37 @@ def test_fused_combination_matches_torch_forward_and_backward(node_major, with_y
 
 
 def test_fused_combination_refuses_what_it_cannot_index(monkeypatch):
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     y0, ks, dt = _stages(4, 9, 3, node_major=True)
     y0, ks, dt = y0.to(DEVICE), [k.to(DEVICE) for k in ks], dt.to(DEVICE)
-    assert kernels.combination_supported(y0, dt, ks)
-    assert not kernels.combination_supported(y0.contiguous(), dt, ks)  # mixed layouts
-    assert not kernels.combination_supported(y0, dt, [k.double() for k in ks])  # float64 stays exact in torch
-    assert not kernels.combination_supported(None, dt, ks * 3)  # more than MAX_TERMS
-    assert not kernels.combination_supported(None, dt, [k[:, ::2] for k in ks])  # not dense
-    assert not kernels.combination_supported(None, dt.t(), ks)
-    assert not kernels.combination_supported(None, dt.clone().requires_grad_(True), ks)  # step sizes are constants
+    assert kernels.combination_supported(y0, dt, ks, fuse=True)
+    assert not kernels.combination_supported(y0.contiguous(), dt, ks, fuse=True)  # mixed layouts
+    assert not kernels.combination_supported(y0, dt, [k.double() for k in ks], fuse=True)  # float64 stays exact in torch
+    assert not kernels.combination_supported(None, dt, ks * 3, fuse=True)  # more than MAX_TERMS
+    assert not kernels.combination_supported(None, dt, [k[:, ::2] for k in ks], fuse=True)  # not dense
+    assert not kernels.combination_supported(None, dt.t(), ks, fuse=True)
+    assert not kernels.combination_supported(None, dt.clone().requires_grad_(True), ks, fuse=True)  # step sizes are constants
 
 
 @pytest.mark.parametrize("gradient", ["autodiff", "checkpoint", "adjoint"])
 def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch, gradient):
     from torch_geometric.data import Data
 
-    from graphode.dynamics import ConnectomeDynamics
+    from graphode.dynamics import BoundDynamics
     from graphode.solve import solve
+    from graphode.solvers import Dopri5
 
     g = torch.Generator().manual_seed(0)
     n = 12
     edge_index = torch.randint(0, n, (2, 40), generator=g)
     d = Data(edge_index=edge_index, sign=torch.ones(40), syn_weight=torch.rand(40, generator=g), num_nodes=n)
-    dyn = ConnectomeDynamics(d, activation="tanh", backend="csr", tau_mode="per_neuron", bias_mode="per_neuron").to(DEVICE)
+    dyn = BoundDynamics(d, activation="tanh", backend="csr", tau_mode="per_neuron", bias_mode="per_neuron").to(DEVICE)
     y0 = torch.randn(3, n, generator=g).to(DEVICE)
     u = torch.randn(3, n, generator=g).to(DEVICE)
 
-    def run():
-        sol = solve(dyn, y0, (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0], rtol=1e-5, atol=1e-6, gradient=gradient, checkpoints=2)
+    def run(fuse: bool):  # the fusion policy, passed to the solver's method and the dynamics
+        dyn.fuse = fuse
+        sol = solve(dyn, y0, (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0], method=Dopri5(fuse=fuse), rtol=1e-5, atol=1e-6,
+                    gradient=gradient, checkpoints=2)
         grads = torch.autograd.grad(sol.ys.square().sum(), list(dyn.parameters()))
         return sol, grads
 
@@ -208,13 +208,9 @@ def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch, gradient):
 
     monkeypatch.setattr(kernels.FusedCombination, "apply", counted("combination", kernels.FusedCombination.apply))
     monkeypatch.setattr(kernels.LeakyIntegrator, "apply", counted("leaky", kernels.LeakyIntegrator.apply))
-    fusing = kernels.fusing
-    monkeypatch.setattr(kernels, "fusing", lambda t: False)  # the reference: torch only
-    ref, ref_grads = run()
+    ref, ref_grads = run(False)  # the reference: torch only
     assert calls == {"combination": 0, "leaky": 0}
-    monkeypatch.setattr(kernels, "fusing", fusing)
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)  # on a CPU: run them interpreted
-    got, got_grads = run()
+    got, got_grads = run(True)  # on a CPU: run them interpreted
     assert calls["combination"] > 0 and calls["leaky"] >= got.stats.n_f_evals
     # float32 summed in another order: a step may be accepted in one run and rejected in
     # the other (the step counts then differ), so values agree to the solver's tolerance
@@ -233,7 +229,6 @@ def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch, gradient):
     (False, False, False, True, 5), (True, True, True, True, 300),  # 300 columns: the backward loops over column blocks
 ])
 def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype, with_a, with_u, bias_per_node, tau_per_node, b):
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     g = torch.Generator().manual_seed(0)
     n = 300  # several row blocks, the last one partial
     state = lambda: torch.randn(n, b, generator=g, dtype=dtype).t().to(DEVICE).requires_grad_(True)  # noqa: E731
@@ -242,7 +237,7 @@ def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype,
     u = state() if with_u else None
     bias = torch.randn(n if bias_per_node else 1, generator=g, dtype=dtype).to(DEVICE).requires_grad_(True)
     tau = (0.2 + torch.rand(n if tau_per_node else 1, generator=g, dtype=dtype)).to(DEVICE).requires_grad_(True)
-    assert kernels.leaky_supported(v, a, u, bias, tau)
+    assert kernels.leaky_supported(v, a, u, bias, tau, fuse=True)
     out = kernels.LeakyIntegrator.apply(v, a, u, bias, tau)
     ref = (bias - v + (0 if a is None else a) + (0 if u is None else u)) / tau
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)  # float32: sums over up to 300 columns
@@ -257,21 +252,19 @@ def test_leaky_integrator_matches_torch_forward_and_backward(monkeypatch, dtype,
 
 
 def test_leaky_integrator_refuses_other_layouts(monkeypatch):
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     v = torch.randn(7, 3).t().to(DEVICE)
     vec = torch.ones(7, device=DEVICE)
-    assert kernels.leaky_supported(v, v, None, vec, vec)
-    assert not kernels.leaky_supported(v.contiguous(), None, None, vec, vec)  # row-major state
-    assert not kernels.leaky_supported(v, v.contiguous(), None, vec, vec)  # mixed layouts
-    assert not kernels.leaky_supported(v, None, None, torch.ones(2, device=DEVICE), vec)  # neither [N] nor [1]
-    assert not kernels.leaky_supported(v, None, None, vec.double(), vec)
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", False)
-    assert kernels.leaky_supported(v, v, None, vec, vec) == (DEVICE == "cuda")
+    assert kernels.leaky_supported(v, v, None, vec, vec, fuse=True)
+    assert not kernels.leaky_supported(v.contiguous(), None, None, vec, vec, fuse=True)  # row-major state
+    assert not kernels.leaky_supported(v, v.contiguous(), None, vec, vec, fuse=True)  # mixed layouts
+    assert not kernels.leaky_supported(v, None, None, torch.ones(2, device=DEVICE), vec, fuse=True)  # neither [N] nor [1]
+    assert not kernels.leaky_supported(v, None, None, vec.double(), vec, fuse=True)
+    assert kernels.leaky_supported(v, v, None, vec, vec) == (DEVICE == "cuda")  # default policy: CUDA only
+    assert not kernels.leaky_supported(v, v, None, vec, vec, fuse=False)
 
 
 def test_fused_combination_of_a_long_flat_state(monkeypatch):
     # the adjoint's augmented state is [1, X]: more column tiles than a grid's second axis holds
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     g = torch.Generator().manual_seed(0)
     x = 256 * 70_000 + 3 if DEVICE == "cuda" else 256 * 9 + 3  # the interpreter is slow
     ks = [torch.randn(1, x, generator=g).to(DEVICE) for _ in range(2)]
@@ -282,7 +275,6 @@ def test_fused_combination_of_a_long_flat_state(monkeypatch):
 
 def test_fused_kernels_can_be_differentiated_twice(monkeypatch):
     # under create_graph the backward runs as torch ops: second derivatives equal torch's
-    monkeypatch.setattr(kernels, "FUSE_IN_INTERPRETER", True)
     g = torch.Generator().manual_seed(3)
     v = torch.randn(9, 4, generator=g).t().to(DEVICE).requires_grad_(True)
     a = torch.randn(9, 4, generator=g).t().to(DEVICE).requires_grad_(True)

@@ -1,16 +1,29 @@
-"""ConnectomeConv / SparseGraph / SynapseWeights against independent dense float64 references."""
+"""ConnectomeConv / SparseGraph / backends against independent dense float64 references."""
 
 from __future__ import annotations
 
 import importlib.util
+import time
 
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-import graphode.layer as layer_mod
-from graphode.layer import ACTIVATIONS, ConnectomeConv, SparseGraph, available_backends
-from graphode.synapses import SynapseWeights, inverse_softplus
+from graphode.layer import (
+    ACTIVATIONS,
+    AutoBackend,
+    Backend,
+    ConnectomeConv,
+    CSRBackend,
+    PygBackend,
+    SparseGraph,
+    SparseTensorBackend,
+    TorchScatterBackend,
+    TritonBackend,
+    available_backends,
+    resolve_backend,
+)
+from graphode.synapses import SynapseWeights
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 
@@ -204,17 +217,124 @@ def test_auto_chooses_an_available_backend_once(make_graph, dense):
     conv = ConnectomeConv("relu", backend="auto")
     x = _x()
     out = conv(x, edge_index, w)
-    assert len(conv._chosen) == 1
     # Interpreted Triton (this CPU) is for correctness tests, never measured; on CUDA it is.
     expected = [b for b in available_backends(x.device) if b != "triton" or x.device.type == "cuda"]
-    (choice,) = conv._chosen.values()
+    # the size class: B = 3, N = 8, E = 20 rounded up to powers of two
+    ((key, choice),) = conv.backend.choices.items()
+    assert key == (x.device, torch.float64, 4, 8, 32)
     assert choice in expected
     conv(x, edge_index, w)
-    assert len(conv._chosen) == 1
+    assert len(conv.backend.choices) == 1
     ranking = conv.benchmark(conv.graph_for(edge_index, N), x, w)
     assert sorted(b for b, _ in ranking) == sorted(expected)
     assert all(t > 0 for _, t in ranking)
     torch.testing.assert_close(out, dense(edge_index, w, N) @ x.clamp_min(0), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# backend objects
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "cls", [PygBackend, TorchScatterBackend, SparseTensorBackend, CSRBackend, TritonBackend, AutoBackend],
+    ids=lambda c: c.__name__,
+)
+def test_backend_objects_run_like_dense(cls, make_graph, dense, ref_act):
+    backend = cls()
+    if not backend.available("cpu"):
+        pytest.skip(f"{backend.name} is not available here")
+    edge_index, w = make_graph(N, E, seed=30, shuffle=True)
+    graph = SparseGraph.from_edge_index(edge_index, N)
+    assert graph.perm is not None  # run takes the weights in target-sorted order
+    conv = ConnectomeConv("tanh", backend=backend)
+    assert conv.backend is backend and f"backend={backend.name}" in repr(conv)
+    x = _x(seed=31)
+    g_out = torch.randn(N, B, dtype=torch.float64, generator=torch.Generator().manual_seed(32))
+
+    xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = backend.run(conv, graph, xs, graph.sorted_weights(ws))
+    (out * g_out).sum().backward()
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    ref = dense(edge_index, wr, N) @ ref_act["tanh"](xr)
+    (ref * g_out).sum().backward()
+
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-12, atol=1e-12)
+
+
+class _Stub(Backend):
+    """Counts its runs, waits ``delay`` seconds, and computes the sum with the CSR backend."""
+
+    def __init__(self, name, delay=0.0, available=True):
+        self.name, self.delay, self.is_available, self.calls = name, delay, available, 0
+
+    def available(self, device):
+        return self.is_available
+
+    def run(self, conv, graph, x, w_sorted):
+        self.calls += 1
+        time.sleep(self.delay)
+        return CSRBackend().run(conv, graph, x, w_sorted)
+
+
+def test_auto_times_once_per_size_class(make_graph, dense):
+    fast, slow = _Stub("fast"), _Stub("slow", delay=0.02)
+    auto = AutoBackend(candidates=[slow, fast], repeats=1)
+    conv = ConnectomeConv("relu", backend=auto)
+    per_decision = 2  # runs of each candidate per decision: a warm-up and one timed run
+    cpu, f64 = torch.device("cpu"), torch.float64
+
+    # N in 5..8, E in 9..16, B in 3..4: one size class, (B, N, E) -> (4, 8, 16)
+    for k, (n, e, b) in enumerate([(8, 16, 4), (5, 9, 3), (7, 13, 4), (6, 10, 3)]):
+        edge_index, w = make_graph(n, e, seed=40 + k)
+        x = _x(n=n, b=b, seed=50 + k)
+        torch.testing.assert_close(conv(x, edge_index, w), dense(edge_index, w, n) @ x.clamp_min(0), rtol=1e-12, atol=1e-12)
+        assert slow.calls == per_decision
+        assert fast.calls == per_decision + k + 1
+    assert auto.choices == {(cpu, f64, 4, 8, 16): "fast"}
+
+    # a ninth node is the next class, and so is float32: each is timed once more
+    edge_index, w = make_graph(9, 16, seed=60)
+    x = _x(n=9, seed=61)
+    torch.testing.assert_close(conv(x, edge_index, w), dense(edge_index, w, 9) @ x.clamp_min(0), rtol=1e-12, atol=1e-12)
+    conv(x.float(), edge_index, w.float())
+    assert slow.calls == 3 * per_decision
+    assert fast.calls == 3 * per_decision + 6
+    assert auto.choices == {
+        (cpu, f64, 4, 8, 16): "fast", (cpu, f64, 4, 16, 16): "fast", (cpu, torch.float32, 4, 16, 16): "fast",
+    }
+    graph = conv.graph_for(edge_index, 9)
+    assert [name for name, _ in conv.benchmark(graph, x, w)] == ["fast", "slow"]
+
+
+def test_auto_skips_unavailable_candidates(make_graph, dense):
+    edge_index, w = make_graph(N, E, seed=62)
+    x = _x()
+    absent = _Stub("absent", available=False)
+    conv = ConnectomeConv("relu", backend=AutoBackend(candidates=["csr", absent]))
+    torch.testing.assert_close(conv(x, edge_index, w), dense(edge_index, w, N) @ x.clamp_min(0), rtol=1e-12, atol=1e-12)
+    assert absent.calls == 0 and list(conv.backend.choices.values()) == ["csr"]
+    with pytest.raises(RuntimeError, match="none of its candidates"):
+        ConnectomeConv("relu", backend=AutoBackend(candidates=[absent]))(x, edge_index, w)
+
+
+def test_resolve_backend():
+    for name, cls in [("pyg", PygBackend), ("torch_scatter", TorchScatterBackend),
+                      ("sparse_tensor", SparseTensorBackend), ("csr", CSRBackend), ("triton", TritonBackend)]:
+        backend = resolve_backend(name)
+        assert type(backend) is cls and backend.name == name
+    first, second = resolve_backend("auto"), resolve_backend("auto")
+    assert isinstance(first, AutoBackend) and first is not second  # each layer its own choices
+    stub = _Stub("stub")
+    assert resolve_backend(stub) is stub
+    with pytest.raises(ValueError, match=r"'cusparse'.*'auto', pyg, torch_scatter, sparse_tensor, csr, triton"):
+        resolve_backend("cusparse")
+    with pytest.raises(TypeError, match="int: 3"):
+        resolve_backend(3)
+    with pytest.raises(TypeError, match="NoneType"):
+        ConnectomeConv("relu", backend=None)
+    with pytest.raises(ValueError, match="fuses the activation"):
+        ConnectomeConv(lambda v: v, backend=TritonBackend())
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,129 +388,14 @@ def test_backend_with_missing_package(backend, package, monkeypatch, make_graph,
     assert {"pyg", "csr"} <= set(available_backends())
     with pytest.raises(ImportError, match=package.replace("_", "-")):
         ConnectomeConv("relu", backend=backend)
+    with pytest.raises(ImportError, match="pip install"):
+        ConnectomeConv("relu", backend=resolve_backend(backend))  # the object, too
     # auto still works with what is left
     edge_index, w = make_graph(N, E, seed=17)
     conv = ConnectomeConv("relu", backend="auto")
     x = _x()
     torch.testing.assert_close(conv(x, edge_index, w), dense(edge_index, w, N) @ x.clamp_min(0))
-    assert next(iter(conv._chosen.values())) != backend
-
-
-# ---------------------------------------------------------------------------------------
-# SynapseWeights
-# ---------------------------------------------------------------------------------------
-def _syn_inputs(e=12, seed=20):
-    g = torch.Generator().manual_seed(seed)
-    sign = torch.where(torch.rand(e, generator=g) < 0.4, -1.0, 1.0)
-    mag = 0.05 + torch.rand(e, generator=g)
-    etype = torch.randint(0, 4, (e,), generator=g)
-    etype[:4] = torch.arange(4)  # every type present
-    return sign, mag, etype
-
-
-def test_inverse_softplus():
-    y = torch.tensor([1e-6, 1e-3, 0.5, 3.0, 40.0], dtype=torch.float64)
-    for beta in (1.0, 20.0):
-        torch.testing.assert_close(torch.nn.functional.softplus(beta * inverse_softplus(y, beta)) / beta, y, rtol=1e-10, atol=0)
-
-
-@pytest.mark.parametrize("dale", [True, False])
-def test_per_edge_init(dale):
-    sign, mag, _ = _syn_inputs()
-    syn = SynapseWeights(sign, mag, mode="per_edge", gain=2.5, dale=dale)
-    torch.testing.assert_close(syn(), 2.5 * mag * sign, rtol=1e-6, atol=1e-6)
-    assert [n for n, _ in syn.named_parameters()] == ["theta"]
-    assert syn.theta.shape == sign.shape
-
-
-def test_dale_signs_survive_large_updates():
-    sign, mag, _ = _syn_inputs()
-    syn = SynapseWeights(sign, mag, mode="per_edge", dale=True).double()
-    opt = torch.optim.SGD(syn.parameters(), lr=0.1)
-    for _ in range(3):
-        opt.zero_grad()
-        # d/dw of this loss is 50·sign: a plain step w -= 0.1·50·sign would flip every sign
-        (syn() * sign).sum().mul(50.0).backward()
-        opt.step()
-        w = syn().detach()
-        assert torch.isfinite(w).all()
-        assert torch.equal(torch.sign(w), sign.double())  # same signs, magnitudes > 0
-    assert (syn().detach().abs() < 1e-3).all()  # the magnitudes did shrink towards zero
-    # pushed the other way, magnitudes grow and signs still stay
-    syn = SynapseWeights(sign, mag, mode="per_edge", dale=True).double()
-    w0 = syn().detach()
-    opt = torch.optim.SGD(syn.parameters(), lr=0.1)
-    (-(syn() * sign).sum()).backward()
-    opt.step()
-    w = syn().detach()
-    assert torch.equal(torch.sign(w), sign.double()) and (w.abs() > w0.abs()).all()
-
-
-def test_free_signs_without_dale():
-    sign, mag, _ = _syn_inputs()
-    syn = SynapseWeights(sign, mag, mode="per_edge", dale=False)
-    opt = torch.optim.SGD(syn.parameters(), lr=10.0)
-    (syn() * sign).sum().backward()
-    opt.step()
-    w = syn().detach()
-    assert torch.equal(torch.sign(w), -sign)  # every sign flipped
-    torch.testing.assert_close(w, sign * mag - 10.0 * sign)
-
-
-def test_per_edge_type_shares_one_strength_per_type():
-    sign = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
-    mag = torch.tensor([0.5, 0.25, 1.0, 2.0, 0.125])
-    etype = torch.tensor([0, 1, 0, 2, 1])
-    syn = SynapseWeights(sign, mag, etype, mode="per_edge_type", gain=2.0)
-    assert syn.theta.shape == (3,)
-    torch.testing.assert_close(syn(), torch.tensor([1.0, -0.5, 2.0, -4.0, 0.25]), rtol=1e-6, atol=1e-6)
-    with torch.no_grad():
-        syn.theta.copy_(torch.log(torch.exp(torch.tensor([3.0, 0.5, 2.0])) - 1))  # softplus = 3, 0.5, 2
-    torch.testing.assert_close(syn(), torch.tensor([3.0, -0.25, 6.0, -8.0, 0.125]), rtol=1e-5, atol=1e-6)
-    # the gradient of one strength collects all its edges: d/dθ_0 Σ w = σ(θ_0)·(1 + 2)
-    syn.theta.grad = None
-    syn().sum().backward()
-    sig = torch.sigmoid(syn.theta.detach())
-    expected = torch.stack([sig[0] * 2.0 * (0.5 + 1.0), sig[1] * 2.0 * (-0.25 + 0.125), sig[2] * 2.0 * (-2.0)])
-    torch.testing.assert_close(syn.theta.grad, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_fixed_has_no_parameters():
-    sign, mag, _ = _syn_inputs()
-    syn = SynapseWeights(sign, mag, mode="fixed", gain=0.5)
-    assert list(syn.parameters()) == []
-    torch.testing.assert_close(syn(), 0.5 * sign * mag)
-    assert not syn().requires_grad
-
-
-def test_from_data_falls_back_to_syn_count():
-    sign, mag, etype = _syn_inputs()
-    syn = SynapseWeights.from_data(Data(sign=sign, syn_count=mag, edge_type=etype), mode="fixed")
-    torch.testing.assert_close(syn(), sign * mag)
-    syn = SynapseWeights.from_data(Data(sign=sign, syn_weight=mag / 2, syn_count=mag, edge_type=etype), mode="per_edge_type")
-    torch.testing.assert_close(syn(), sign * mag / 2, rtol=1e-6, atol=1e-6)
-
-
-def test_synapse_bad_inputs():
-    sign, mag, etype = _syn_inputs()
-    with pytest.raises(ValueError, match=r"\[E\]"):
-        SynapseWeights(sign, mag[:-1])
-    with pytest.raises(ValueError, match=r"\[E\]"):
-        SynapseWeights(sign.unsqueeze(0), mag.unsqueeze(0))
-    with pytest.raises(ValueError, match=">= 0"):
-        SynapseWeights(sign, -mag)
-    with pytest.raises(ValueError, match="finite"):
-        SynapseWeights(sign, torch.where(torch.arange(len(mag)) == 0, float("nan"), mag))
-    with pytest.raises(ValueError, match="signs"):
-        SynapseWeights(sign * 0.5, mag)
-    with pytest.raises(ValueError, match="unknown weight mode"):
-        SynapseWeights(sign, mag, mode="per_neuron")
-    with pytest.raises(ValueError, match="dale=False"):
-        SynapseWeights(sign, mag, etype, mode="per_edge_type", dale=False)
-    with pytest.raises(ValueError, match="edge_type"):
-        SynapseWeights(sign, mag, mode="per_edge_type")
-    with pytest.raises(ValueError, match="edge_type"):
-        SynapseWeights(sign, mag, etype[:-1], mode="per_edge_type")
+    assert backend not in conv.backend.choices.values() and len(conv.backend.choices) == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -410,7 +415,7 @@ def test_fly_visual_system_matches_scipy(backend, fly2):
 
     n = fly2.num_nodes
     syn = SynapseWeights.from_data(fly2, mode="per_edge", gain=1.3).double()
-    w = syn()
+    w = syn.of(fly2)
     src, dst = fly2.edge_index.numpy()
     A = sp.csr_matrix((w.detach().numpy(), (dst, src)), shape=(n, n))
     x = torch.randn(n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(21))

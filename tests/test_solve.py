@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from graphode.dynamics import ConnectomeDynamics, Stimulus
+from graphode.dynamics import BoundDynamics, ConnectomeDynamics, Stimulus
 from graphode.solve import GRADIENTS, SolverError, solve
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
@@ -114,7 +114,7 @@ def _model(activation, seed=0):
         syn_weight=0.1 + torch.rand(e, generator=g),
         num_nodes=n,
     )
-    dyn = ConnectomeDynamics(d, activation=activation, backend="csr", gain=1.5,
+    dyn = BoundDynamics(d, activation=activation, backend="csr", gain=1.5,
                              tau_mode="per_neuron", bias_mode="per_neuron").double()
     with torch.no_grad():
         dyn.tau_raw.add_(0.3 * torch.randn(n, dtype=F64, generator=g))
@@ -258,7 +258,7 @@ def test_diverging_system_raises_solver_error():
     ei = torch.tensor([[i, (i + 1) % n] for i in range(n)] + [[i, i] for i in range(n)]).t()
     order = torch.argsort(ei[1] * n + ei[0])
     d = Data(edge_index=ei[:, order], sign=torch.ones(2 * n), syn_weight=torch.full((2 * n,), 0.5), num_nodes=n)
-    dyn = ConnectomeDynamics(d, activation="identity", gain=1000.0, backend="csr").double()
+    dyn = BoundDynamics(d, activation="identity", gain=1000.0, backend="csr").double()
     y0 = torch.ones(2, n, dtype=F64)
     with pytest.raises(SolverError, match="status 4") as info:
         solve(dyn, y0, (0.0, 10.0))
@@ -341,7 +341,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import json, sys, warnings
     import torch
     warnings.filterwarnings("ignore")
-    from graphode.dynamics import ConnectomeDynamics
+    from graphode.dynamics import BoundDynamics
     from graphode.solve import solve
     from graphode.synthetic import random_connectome
 
@@ -354,7 +354,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
                     return int(line.split()[1]) * 1024
 
     N, E, B = 5000, 50_000, 8
-    dyn = ConnectomeDynamics(random_connectome(N, E, seed=0), activation="relu", backend="csr", tau=1.0)
+    dyn = BoundDynamics(random_connectome(N, E, seed=0), activation="relu", backend="csr", tau=1.0)
     g = torch.Generator().manual_seed(0)
     y0 = torch.randn(B, N, generator=g)
     phase = 6.28 * torch.rand(N, generator=g)
@@ -409,8 +409,8 @@ def test_checkpoint_gradient_with_the_auto_backend_choosing_inside_the_checkpoin
     y0 = torch.randn(2, n, dtype=F64, generator=g)
     grads = {}
     for gradient in ("checkpoint", "autodiff"):
-        dyn = ConnectomeDynamics(data, activation="tanh", backend="auto", tau=0.5).double()
-        assert not dyn.conv._chosen  # nothing measured yet
+        dyn = BoundDynamics(data, activation="tanh", backend="auto", tau=0.5).double()
+        assert not dyn.conv.backend.choices  # nothing measured yet
         solve(dyn, y0, (0.0, 1.0), gradient=gradient, checkpoints=2, method="heun", dt0=0.05).ys.sum().backward()
         grads[gradient] = dyn.synapses.theta.grad
     torch.testing.assert_close(grads["checkpoint"], grads["autodiff"], rtol=1e-10, atol=1e-12)
@@ -419,23 +419,32 @@ def test_checkpoint_gradient_with_the_auto_backend_choosing_inside_the_checkpoin
 # ---------------------------------------------------------------------------------------
 # graphode's Runge–Kutta steps against torchode's, and the node-major state layout
 # ---------------------------------------------------------------------------------------
-def _solve_and_grads(monkeypatch, method, torchode_steps, gradient="autodiff", **kw):
-    import importlib
-
+def _solve_and_grads(method, torchode_steps, gradient="autodiff", **kw):
     import torchode
 
-    solve_module = importlib.import_module("graphode.solve")
-    if torchode_steps:
-        monkeypatch.setitem(solve_module.METHODS, method, getattr(torchode, {"dopri5": "Dopri5", "tsit5": "Tsit5", "heun": "Heun"}[method]))
-        monkeypatch.setattr(solve_module.rk, "IntegralController", torchode.IntegralController)
+    from graphode.solvers import Adaptive, Method, resolve_method
+
+    if torchode_steps:  # the reference: torchode's own steps and controller, passed as objects
+        class TorchodeMethod(Method):
+            name, adaptive = method, method != "heun"
+            _step_class = getattr(torchode, {"dopri5": "Dopri5", "tsit5": "Tsit5", "heun": "Heun"}[method])
+
+        class TorchodeController(Adaptive):
+            def build(self, term, b, dtype, device):
+                return torchode.IntegralController(atol=self.atol, rtol=self.rtol, term=term), None
+
+        chosen = TorchodeMethod()
+        if chosen.adaptive:
+            kw = dict(controller=TorchodeController(**kw))
+    else:
+        chosen = resolve_method(method)
     dyn, y0, u, R = _model("tanh", seed=3)
     u = u.clone().requires_grad_(True)
     y0 = y0.clone().requires_grad_(True)
-    sol = solve(dyn, y0, (0.0, 2.0), args=(u,), t_eval=[0.5, 1.0, 2.0], method=method, gradient=gradient, **kw)
+    sol = solve(dyn, y0, (0.0, 2.0), args=(u,), t_eval=[0.5, 1.0, 2.0], method=chosen, gradient=gradient, **kw)
     loss = (R * sol.ys).sum()
     inputs = [y0, u, *dyn.parameters()]
     grads = torch.autograd.grad(loss, inputs)
-    monkeypatch.undo()
     return sol, grads
 
 
@@ -443,9 +452,9 @@ def _solve_and_grads(monkeypatch, method, torchode_steps, gradient="autodiff", *
     ("dopri5", dict(rtol=1e-6, atol=1e-8)), ("tsit5", dict(rtol=1e-6, atol=1e-8)), ("heun", dict(dt0=0.05)),
 ])
 @pytest.mark.parametrize("gradient", ["autodiff", "checkpoint"])
-def test_separate_stage_steps_equal_torchodes(monkeypatch, method, kw, gradient):
-    ref, ref_grads = _solve_and_grads(monkeypatch, method, True, gradient, **kw)
-    got, got_grads = _solve_and_grads(monkeypatch, method, False, gradient, **kw)
+def test_separate_stage_steps_equal_torchodes(method, kw, gradient):
+    ref, ref_grads = _solve_and_grads(method, True, gradient, **kw)
+    got, got_grads = _solve_and_grads(method, False, gradient, **kw)
     # the same steps, taken and rejected alike, and the same results up to summation order
     assert (got.stats.n_f_evals, got.stats.n_steps, got.stats.n_accepted) == (ref.stats.n_f_evals, ref.stats.n_steps, ref.stats.n_accepted)
     assert got.stats.n_steps > 5
@@ -473,18 +482,12 @@ def test_combine_skips_zero_weights_and_matches_the_sum():
     assert torch.equal(combine(None, dt, (0.0,), ks[:1]), torch.zeros_like(ks[0]))
 
 
-def test_the_field_sees_node_major_states_and_gradients(monkeypatch):
+def test_the_field_sees_node_major_states_and_gradients():
     from graphode._layout import node_major, node_major_grad
 
     dyn, y0, u, R = _model("tanh", seed=1)
-    seen = []
-    inner = dyn.recurrent_input
-
-    def spy(v):
-        seen.append(v.t().is_contiguous())
-        return inner(v)
-
-    monkeypatch.setattr(dyn, "recurrent_input", spy)
+    seen = []  # the message passing reads v.t() [N, B]: contiguous when v is node-major
+    dyn.conv.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
     sol = solve(dyn, y0.contiguous(), (0.0, 1.0), args=(u,), t_eval=[0.5, 1.0])
     assert len(seen) == sol.stats.n_f_evals and all(seen)
     # the layout changes memory only, never values
