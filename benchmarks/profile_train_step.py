@@ -7,15 +7,14 @@ on real MNIST batches with each speed-up switched off and on, side by side in on
 
 - ``contracted pool``: the readout's sum/mean pool computed by contraction
   (``PooledReadout._pool_linear``) instead of ``[B, M, H]`` features and PyG's scatter;
-- ``precomputed``: synaptic weights, τ and b computed once per solve
-  (``ConnectomeDynamics.precomputed``) instead of at every function evaluation;
+- ``derived once``: synaptic weights, τ and b derived once per solve
+  (``VectorField.derive``, see :mod:`graphode.field`) instead of at every function
+  evaluation;
 - ``separate stages``: graphode's Runge–Kutta steps (:mod:`graphode.runge_kutta`: stages
   as separate tensors, error estimate and step-size decision without autograd history)
   instead of torchode's;
 - ``node-major``: the ``[B, N]`` state stored node-major (:mod:`graphode._layout`), so
   that the sparse product needs no transposes, instead of row-major;
-- ``contiguous transposes`` (an alternative to node-major, measured slower): explicit
-  ``.contiguous()`` transposes around the sparse product;
 - ``fused combinations``: each Runge–Kutta stage input computed by one Triton kernel
   forward and one backward (``graphode.kernels.FusedCombination``) instead of one torch
   kernel per term;
@@ -32,17 +31,17 @@ Then ``torch.profiler`` tables of the CUDA kernels of the variants in ``PROFILED
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+import torchode
 
-from graphode import kernels
 from graphode.datasets import load_mnist
 from graphode.models import ConnectomeClassifier
+from graphode.solvers import Dopri5, Method
 
 
 def step_timings(model, images, labels, steps: int) -> dict:
@@ -75,62 +74,47 @@ def step_timings(model, images, labels, steps: int) -> dict:
             "f_evals": int(med[5]), "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
 
 
-FLAG_NAMES = ("contracted pool", "precomputed", "separate stages", "node-major", "contiguous transposes", "fused combinations",
-              "fused leaky")
+FLAG_NAMES = ("contracted pool", "derived once", "separate stages", "node-major", "fused combinations", "fused leaky")
 VARIANTS = [  # flags in FLAG_NAMES order
-    (False, False, False, False, False),
-    (True, False, False, False, False),
-    (False, True, False, False, False),
-    (True, True, False, False, False),
-    (True, True, False, False, True),
-    (True, True, True, False, False),
-    (True, True, False, True, False),
-    (True, True, True, True, False),
+    (False, False, False, False, False, False),
+    (True, False, False, False, False, False),
+    (False, True, False, False, False, False),
+    (True, True, False, False, False, False),
+    (True, True, True, False, False, False),
+    (True, True, False, True, False, False),
+    (True, True, True, True, False, False),
+    (True, True, True, True, True, False),
     (True, True, True, True, False, True),
-    (True, True, True, True, False, False, True),
-    (True, True, True, True, False, True, True),
+    (True, True, True, True, True, True),
 ]
-PROFILED = [(True, True, True, True, False), (True, True, True, True, False, True, True)]
-# set_variant swaps these out of graphode.kernels and puts them back
-_ORIGINAL = {name: getattr(kernels, name) for name in ("combination_supported", "leaky_supported")}
+PROFILED = [(True, True, True, True, False, False), (True, True, True, True, True, True)]
 
 
-def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages: bool = True,
-                node_major: bool = True, contiguous_transposes: bool = False, fused_combinations: bool = False,
-                fused_leaky: bool = False) -> None:
-    import importlib
+class TorchodeDopri5(Method):
+    """torchode's own Dopri5 step (stages in one buffer), for the ``separate stages`` rows."""
 
-    import torchode
+    name, adaptive, _step_class = "dopri5", True, torchode.Dopri5
 
-    from graphode import runge_kutta
+
+def set_variant(model, contracted_pool: bool, derived_once: bool, separate_stages: bool = True,
+                node_major: bool = True, fused_combinations: bool = False, fused_leaky: bool = False) -> None:
+    """Switch the speed-ups of ``model`` (a ConnectomeClassifier): strategies by passing
+    objects (the method and its fusion policy, the dynamics' fusion policy), the rest by
+    instance attributes; only the node-major layout, which has no switch, is swapped in the
+    modules that use it."""
+    from graphode import dynamics as dynamics_module, runge_kutta, solvers
     from graphode._layout import node_major as graphode_node_major, node_major_grad as graphode_node_major_grad
 
-    # (the package exports the function solve, which shadows the module's name)
-    solve_module, dynamics_module = (importlib.import_module(f"graphode.{m}") for m in ("solve", "dynamics"))
-
     ro, dyn = model.readout, model.dynamics
-    ro.__dict__.pop("_pool_linear", None)
-    dyn.__dict__.pop("precomputed", None)
-    dyn.__dict__.pop("recurrent_input", None)
-    never = lambda *a: False  # noqa: E731
-    kernels.combination_supported = _ORIGINAL["combination_supported"] if fused_combinations else never
-    kernels.leaky_supported = _ORIGINAL["leaky_supported"] if fused_leaky else never
+    fuse = None if fused_combinations else False
+    model.config["method"] = Dopri5(fuse=fuse) if separate_stages else TorchodeDopri5(fuse=fuse)
+    dyn.fuse = None if fused_leaky else False
     identity = lambda v: v  # noqa: E731
-    solve_module.node_major = dynamics_module.node_major = graphode_node_major if node_major else identity
-    solve_module.node_major_grad = runge_kutta.node_major_grad = graphode_node_major_grad if node_major else identity
-    if separate_stages:
-        solve_module.METHODS["dopri5"] = runge_kutta.Dopri5
-        solve_module.rk = runge_kutta
-    else:
-        solve_module.METHODS["dopri5"] = torchode.Dopri5
-        solve_module.rk = type("torchode_controller", (), {"IntegralController": torchode.IntegralController})
-    if contiguous_transposes:
-        # The sparse product works on [N, B]; the solver's state is [B, N]. Transposing
-        # explicitly on both sides keeps every elementwise op of the field contiguous.
-        def recurrent_input(v):
-            return dyn.conv(v.t().contiguous(), dyn.edge_index, dyn.weights()).t().contiguous()
-
-        dyn.recurrent_input = recurrent_input
+    solvers.node_major = dynamics_module.node_major = graphode_node_major if node_major else identity
+    solvers.node_major_grad = runge_kutta.node_major_grad = graphode_node_major_grad if node_major else identity
+    ro.__dict__.pop("_pool_linear", None)
+    dyn.__dict__.pop("derive", None)
+    dyn.__dict__.pop("evaluate", None)
     if not contracted_pool:
         def generic_pool(features, gate):
             h = ro.activity(features) * gate
@@ -138,8 +122,10 @@ def set_variant(model, contracted_pool: bool, precomputed: bool, separate_stages
             return ro.aggr(h, index=index, dim_size=1, dim=1).squeeze(1)
 
         ro._pool_linear = generic_pool
-    if not precomputed:
-        dyn.precomputed = lambda enabled=True: contextlib.nullcontext()
+    if not derived_once:  # every evaluation derives the weights, τ and b again
+        derive, evaluate = type(dyn).derive.__get__(dyn), type(dyn).evaluate.__get__(dyn)
+        dyn.derive = lambda inputs: None
+        dyn.evaluate = lambda t, v, inputs, derived: evaluate(t, v, inputs, derive(inputs))
 
 
 def main() -> None:
@@ -192,7 +178,7 @@ def main() -> None:
     for variant in VARIANTS:
         r = {key: statistics.median(run[key] for run in rounds[variant]) for key in rounds[variant][0]}
         r["f_evals"] = int(r["f_evals"])
-        flags = " | ".join(yes_no[v] for v in (*variant, False, False, False)[:len(FLAG_NAMES)])
+        flags = " | ".join(yes_no[v] for v in variant)
         emit(f"| {flags} | {r['step']:.3f} | {r['solve']:.3f} |"
              f" {r['readout']:.3f} | {r['backward']:.3f} | {r['adam']:.4f} | {r['f_evals']} | {r['peak_gb']:.1f} |")
     set_variant(model, *VARIANTS[-1])
@@ -214,7 +200,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             torch.cuda.synchronize()
-        flags = ", ".join(f"{name} {yes_no[v]}" for name, v in zip(FLAG_NAMES, (*variant, False, False, False)))
+        flags = ", ".join(f"{name} {yes_no[v]}" for name, v in zip(FLAG_NAMES, variant))
         emit(f"## CUDA kernels of one step ({flags})\n")
         emit("```")
         emit(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))

@@ -1,0 +1,116 @@
+"""The MNIST classifier's training step, this checkout against another revision, in one run.
+
+Each revision runs in its own process (``PYTHONPATH`` points at its package), the
+revisions taking turns for ``--rounds`` rounds, so a slow spell of the GPU does not land on
+one of them; each process times ``--steps`` full training steps (forward solve, readout,
+loss, backward, Adam) of ``ConnectomeClassifier.from_config`` at the fly visual system's
+full extent after two warm-up steps, on the same random images, and reports the median.
+The table gives the medians over the rounds and the ratio to the baseline.
+
+    git archive REV graphode | tar -x -C /tmp/baseline      # the baseline's package
+    python benchmarks/bench_revisions.py --baseline /tmp/baseline --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(args) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from graphode.models import ConnectomeClassifier
+
+    torch.manual_seed(0)
+    config = {
+        "connectome": {"name": "fly_visual_system", "extent": args.extent}, "hidden": args.hidden,
+        "rtol": args.tol, "atol": args.tol, "backend": args.backend, "gradient": args.gradient,
+    }
+    model = ConnectomeClassifier.from_config(config).cuda()
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(args.batch, 28, 28, generator=g).cuda()
+    labels = torch.randint(10, (args.batch,), generator=g).cuda()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times, evals = [], []
+    for k in range(args.steps + 2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        if k >= 2:
+            times.append(time.perf_counter() - t0)
+            evals.append(model.last_solution.stats.n_f_evals)
+        if k == 1:
+            torch.cuda.reset_peak_memory_stats()
+    print(json.dumps({"step": statistics.median(times), "f_evals": evals[-1],
+                      "peak_gb": torch.cuda.max_memory_allocated() / 1e9}))
+
+
+def run_revision(path: Path, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, __file__, "--worker", "--extent", str(args.extent), "--batch", str(args.batch),
+           "--hidden", str(args.hidden), "--tol", str(args.tol), "--steps", str(args.steps),
+           "--backend", args.backend, "--gradient", args.gradient]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd="/")
+    if done.returncode != 0:
+        raise RuntimeError(f"the revision at {path} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", type=Path, help="a folder holding the baseline revision's graphode package")
+    p.add_argument("--extent", type=int, default=15)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--tol", type=float, default=1e-4, help="rtol = atol of Dopri5")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--gradient", default="autodiff")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default=None)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    if args.baseline is None or not (args.baseline / "graphode" / "__init__.py").exists():
+        p.error("--baseline must be a folder with a graphode package inside (see the module docs)")
+    revisions = {"baseline": args.baseline.resolve(), "this checkout": ROOT}
+    results = {name: [] for name in revisions}
+    for r in range(args.rounds):
+        for name, path in revisions.items():
+            results[name].append(run_revision(path, args))
+            print(f"round {r + 1}: {name}: {results[name][-1]}", flush=True)
+    lines = [
+        f"Training step, fly visual system extent {args.extent}, B = {args.batch}, hidden {args.hidden}, "
+        f"Dopri5 rtol = atol = {args.tol:g}, gradient {args.gradient}, backend {args.backend}; "
+        f"medians of {args.steps} steps, then of {args.rounds} interleaved rounds\n",
+        "| revision | s / step | × baseline | f-evals | peak GB | per round (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = statistics.median(x["step"] for x in results["baseline"])
+    for name, runs in results.items():
+        step = statistics.median(x["step"] for x in runs)
+        lines.append(f"| {name} | {step:.4f} | {step / base:.3f} | {runs[-1]['f_evals']} | "
+                     f"{max(x['peak_gb'] for x in runs):.1f} | {', '.join('%.4f' % x['step'] for x in runs)} |")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
