@@ -330,6 +330,9 @@ class ConnectomeDynamics(VectorField):
                 " (BoundDynamics holds its graph: call it without one)"
             )
         n = int(graph.num_nodes)
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"graph.edge_index must be [2, E], got {tuple(edge_index.shape)}")
+        e = edge_index.size(1)
         mode = self.synapses.mode
         sign = magnitude = edge_type = cell_type = None
         if mode != "per_edge" or self.synapses.dale:
@@ -339,8 +342,13 @@ class ConnectomeDynamics(VectorField):
                 check_synapses(sign, magnitude)
             elif not bool(((sign == 1) | (sign == -1)).all()):
                 raise ValueError("graph: sign must be +1 or -1 for every edge")
+        for key, value in (("sign", sign), ("syn_weight/syn_count", magnitude)):
+            if value is not None and value.shape != (e,):
+                raise ValueError(f"graph.{key} must be [E] = [{e}] (one per edge), got {tuple(value.shape)}")
         if mode == "per_edge_type":
             edge_type = _codes(graph, "edge_type", self.synapses.num_edge_types, f"weights={mode!r}")
+            if edge_type.shape != (e,):
+                raise ValueError(f"graph.edge_type must be [E] = [{e}], got {tuple(edge_type.shape)}")
         if "per_type" in (self.tau_mode, self.bias_mode):
             cell_type = _codes(graph, "cell_type", self.num_cell_types, "per_type tau/bias")
             if cell_type.numel() != n:
@@ -439,7 +447,11 @@ class ConnectomeDynamics(VectorField):
 def _required(graph, key: str, why: str) -> Tensor:
     value = getattr(graph, key, None)
     if value is None:
-        raise ValueError(f"the graph has no {key}, which {why} needs")
+        batch_note = (
+            " (a PyG Batch keeps the attributes of its first graph: every graph of the batch needs it)"
+            if hasattr(graph, "num_graphs") else ""
+        )
+        raise ValueError(f"the graph has no {key}, which {why} needs{batch_note}")
     return value
 
 

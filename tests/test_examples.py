@@ -62,11 +62,12 @@ def test_own_connectome_csv(tmp_path):
     assert len(lines) == 252
 
 
-def test_pyg_graph_classification(tmp_path):
-    out = run_example("pyg_graph_classification.py", tmp_path)
+@pytest.mark.parametrize("gradient", ["autodiff", "adjoint"])
+def test_pyg_graph_classification(tmp_path, gradient):
+    out = run_example("pyg_graph_classification.py", tmp_path, "--gradient", gradient)
     assert_pngs(tmp_path, "graph_classification.png")
     accuracies = [float(a) for a in re.findall(r"test loss [\d.]+ acc ([\d.]+)", out)]
-    assert len(accuracies) == 8 and accuracies[-1] >= 0.7, out  # chance is 0.5
+    assert len(accuracies) == 8 and accuracies[-1] >= 0.9, out  # chance is 0.5; 0.992 (autodiff) and 1.0 (adjoint) measured
 
 
 def test_record_activity(tmp_path):

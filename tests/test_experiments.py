@@ -147,11 +147,30 @@ def test_simulate_binds_perturbations_for_late_backward(gradient):
         data, dyn = _chain(bias=0.25, weights="per_edge")
         ys = simulate(dyn, U0, t_eval=TS, perturbations=[Silence([1]), Drive([3], 0.1)], gradient=method,
                       checkpoints=3, **TOL).ys
-        assert len(dyn.conv._forward_pre_hooks) == 0 and len(dyn._forward_hooks) == 0  # removed already
+        assert active_perturbations(dyn) == []  # removed already
         ys.pow(2).sum().backward()
         grads[method] = dyn.synapses.theta.grad
     assert grads[gradient][1] == 0.0
     torch.testing.assert_close(grads[gradient], grads["autodiff"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_a_solve_keeps_the_perturbations_it_started_with_through_backward(gradient):
+    """The solve reads perturbations as data when it starts: leaving the ``perturb`` block
+    before ``backward()`` changes nothing, and applying another one then does not leak in."""
+    grads = {}
+    for late in (False, True):
+        data, dyn = _chain(bias=0.25, weights="per_edge")
+        with perturb(dyn, Silence([1]), Clamp([2], 0.3)):
+            sol = solve(dyn, torch.zeros(1, 4, dtype=F64), (0.0, 2.0), args=(U0,), gradient=gradient, checkpoints=3, **TOL)
+            if not late:
+                sol.ys.pow(2).sum().backward()
+        if late:
+            with perturb(dyn, Drive([3], 5.0)):  # not the solve's: must not act in its backward
+                sol.ys.pow(2).sum().backward()
+        grads[late] = dyn.synapses.theta.grad
+    assert grads[True][1] == 0.0  # silenced neuron 1's outgoing synapse
+    torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
 
 
 def test_silence_restores_after_exception():
