@@ -107,7 +107,7 @@ def set_variant(model, contracted_pool: bool, derived_once: bool, separate_stage
 
     ro, dyn = model.readout, model.dynamics
     fuse = None if fused_combinations else False
-    model.config["method"] = Dopri5(fuse=fuse) if separate_stages else TorchodeDopri5(fuse=fuse)
+    model.solver_options["method"] = Dopri5(fuse=fuse) if separate_stages else TorchodeDopri5(fuse=fuse)
     dyn.fuse = None if fused_leaky else False
     identity = lambda v: v  # noqa: E731
     solvers.node_major = dynamics_module.node_major = graphode_node_major if node_major else identity

@@ -29,7 +29,7 @@ from .gradients import Gradient, resolve_gradient
 from .inputs import SparseProjection, hex_retina, random_pixels
 from .readout import LinearReadout, PooledReadout
 from .solve import Solution, solve
-from .solvers import Method, resolve_method
+from .solvers import Method, resolve_controller, resolve_method
 from .transforms import DegreePreservingShuffle
 
 __all__ = ["ConnectomeClassifier", "GraphODEClassifier", "build_connectome", "DEFAULT_CONFIG"]
@@ -96,6 +96,16 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
+def solver_options(method, controller, gradient, rtol, atol, dt0, checkpoints, max_steps) -> dict[str, Any]:
+    """:func:`~graphode.solve.solve`'s strategies resolved once from names and options:
+    ``method``, ``controller``, ``gradient`` objects and ``max_steps``."""
+    method = resolve_method(method)
+    return dict(
+        method=method, controller=resolve_controller(method, controller, rtol, atol, dt0),
+        gradient=resolve_gradient(gradient, checkpoints), max_steps=int(max_steps),
+    )
+
+
 class ConnectomeClassifier(nn.Module):
     """Classify stimuli by simulating a connectome and reading out its activity.
 
@@ -141,6 +151,9 @@ class ConnectomeClassifier(nn.Module):
         if r < 1:
             raise ValueError("num_records must be >= 1")
         self.register_buffer("t_eval", torch.linspace(cfg["t_end"] / r, cfg["t_end"], r))
+        self.solver_options = solver_options(
+            cfg["method"], None, cfg["gradient"], cfg["rtol"], cfg["atol"], cfg["dt0"], cfg["checkpoints"], cfg["max_steps"]
+        )
         if cfg["readout"] == "pooled":
             self.readout = PooledReadout(
                 r, cfg["num_classes"], int(self.cell_type.max()) + 1, hidden=cfg["hidden"], aggr=cfg["aggr"],
@@ -181,9 +194,7 @@ class ConnectomeClassifier(nn.Module):
         v0 = drive.new_zeros(drive.size(0), self.num_nodes)
         return solve(
             self.dynamics, v0, (0.0, cfg["t_end"]), args=(drive,),
-            t_eval=self.t_eval if t_eval is None else t_eval,
-            method=cfg["method"], rtol=cfg["rtol"], atol=cfg["atol"], dt0=cfg["dt0"],
-            max_steps=cfg["max_steps"], gradient=cfg["gradient"], checkpoints=cfg["checkpoints"],
+            t_eval=self.t_eval if t_eval is None else t_eval, **self.solver_options,
         )
 
     def forward(self, images: Tensor) -> Tensor:
@@ -239,10 +250,7 @@ class GraphODEClassifier(nn.Module):
         self.dynamics, self.readout, self.output_key = dynamics, readout, output_key
         self.register_buffer("t_eval", torch.linspace(t_end / num_records, t_end, num_records))
         self.t_end = float(t_end)
-        self.solver_options = dict(
-            method=resolve_method(method), controller=controller, gradient=resolve_gradient(gradient, checkpoints),
-            rtol=rtol, atol=atol, max_steps=max_steps,
-        )
+        self.solver_options = solver_options(method, controller, gradient, rtol, atol, None, checkpoints, max_steps)
         self.last_solution: Solution | None = None
 
     def forward(self, batch, stimulus=None) -> Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor
 from .field import VectorField, as_field
 from .gradients import GRADIENTS, Adjoint, Autodiff, Checkpoint, Gradient, resolve_gradient
 from .solvers import (
-    METHODS, Adaptive, FixedStep, Method, SolverConfig, SolverError, SolveStats, resolve_method,
+    METHODS, Adaptive, FixedStep, Method, SolverConfig, SolverError, SolveStats, resolve_controller, resolve_method,
 )
 
 __all__ = [
@@ -53,23 +53,6 @@ class Solution:
     def y_final(self) -> Tensor:
         """``[B, N]`` the state at the last evaluation time."""
         return self.ys[:, -1]
-
-
-def _controller(method: Method, controller, rtol, atol, dt0):
-    if controller is not None:
-        given = [name for name, v in (("rtol", rtol), ("atol", atol), ("dt0", dt0)) if v is not None]
-        if given:
-            raise ValueError(f"pass {', '.join(given)} inside controller= ({type(controller).__name__}(...)), not beside it")
-        if not isinstance(controller, (Adaptive, FixedStep)):
-            raise TypeError(f"controller must be Adaptive(...) or FixedStep(dt), got {type(controller).__name__}")
-        if isinstance(controller, Adaptive) and not method.adaptive:
-            raise ValueError(f"{type(method).__name__} has no error estimate: use controller=FixedStep(dt)")
-        return controller
-    if method.adaptive:
-        return Adaptive(rtol=1e-3 if rtol is None else rtol, atol=1e-4 if atol is None else atol, dt0=dt0)
-    if dt0 is None:
-        raise ValueError(f"the fixed-step method {method.name!r} needs its step: dt0=... or controller=FixedStep(dt)")
-    return FixedStep(dt0)
 
 
 def solve(
@@ -117,7 +100,7 @@ def solve(
         :class:`Solution` with ``ys [B, T, N]``.
     """
     method = resolve_method(method)
-    controller = _controller(method, controller, rtol, atol, dt0)
+    controller = resolve_controller(method, controller, rtol, atol, dt0)
     gradient = resolve_gradient(gradient, checkpoints)
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")

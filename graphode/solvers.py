@@ -29,7 +29,7 @@ from ._layout import node_major, node_major_grad
 
 __all__ = [
     "Method", "Dopri5", "Tsit5", "Heun", "Euler", "Adaptive", "FixedStep", "METHODS",
-    "resolve_method", "SolveStats", "SolverError", "integrate",
+    "resolve_method", "resolve_controller", "SolveStats", "SolverError", "integrate",
 ]
 
 STATUS = {
@@ -146,6 +146,27 @@ class FixedStep:
 
 
 Controller = Adaptive | FixedStep
+
+
+def resolve_controller(method: Method, controller: Controller | None = None, rtol: float | None = None,
+                       atol: float | None = None, dt0: float | None = None) -> Controller:
+    """The step-size controller of a solve: ``controller`` itself (checked against the
+    method), or one built from the convenience options: ``Adaptive(rtol=1e-3, atol=1e-4,
+    dt0)`` for an adaptive method, ``FixedStep(dt0)`` for a fixed-step one."""
+    if controller is not None:
+        given = [name for name, v in (("rtol", rtol), ("atol", atol), ("dt0", dt0)) if v is not None]
+        if given:
+            raise ValueError(f"pass {', '.join(given)} inside controller= ({type(controller).__name__}(...)), not beside it")
+        if not isinstance(controller, (Adaptive, FixedStep)):
+            raise TypeError(f"controller must be Adaptive(...) or FixedStep(dt), got {type(controller).__name__}")
+        if isinstance(controller, Adaptive) and not method.adaptive:
+            raise ValueError(f"{type(method).__name__} has no error estimate: use controller=FixedStep(dt)")
+        return controller
+    if method.adaptive:
+        return Adaptive(rtol=1e-3 if rtol is None else rtol, atol=1e-4 if atol is None else atol, dt0=dt0)
+    if dt0 is None:
+        raise ValueError(f"the fixed-step method {method.name!r} needs its step: dt0=... or controller=FixedStep(dt)")
+    return FixedStep(dt0)
 
 
 class SolverError(RuntimeError):
