@@ -34,7 +34,7 @@ def worker(args) -> None:
     torch.manual_seed(0)
     config = {
         "connectome": {"name": "fly_visual_system", "extent": args.extent}, "hidden": args.hidden,
-        "rtol": args.tol, "atol": args.tol, "backend": args.backend, "gradient": args.gradient,
+        "rtol": args.tol, "atol": args.tol, "backend": args.backend, "gradient": args.gradient[0],
     }
     model = ConnectomeClassifier.from_config(config).cuda()
     g = torch.Generator().manual_seed(1)
@@ -52,18 +52,19 @@ def worker(args) -> None:
         torch.cuda.synchronize()
         if k >= 2:
             times.append(time.perf_counter() - t0)
-            evals.append(model.last_solution.stats.n_f_evals)
+            stats = model.last_solution.stats
+            evals.append(stats.n_f_evals + stats.backward_f_evals)
         if k == 1:
             torch.cuda.reset_peak_memory_stats()
     print(json.dumps({"step": statistics.median(times), "f_evals": evals[-1],
                       "peak_gb": torch.cuda.max_memory_allocated() / 1e9}))
 
 
-def run_revision(path: Path, args) -> dict:
+def run_revision(path: Path, args, gradient: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(path), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, __file__, "--worker", "--extent", str(args.extent), "--batch", str(args.batch),
            "--hidden", str(args.hidden), "--tol", str(args.tol), "--steps", str(args.steps),
-           "--backend", args.backend, "--gradient", args.gradient]
+           "--backend", args.backend, "--gradient", gradient]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd="/")
     if done.returncode != 0:
         raise RuntimeError(f"the revision at {path} failed:\n{done.stderr[-3000:]}")
@@ -78,7 +79,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--tol", type=float, default=1e-4, help="rtol = atol of Dopri5")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--gradient", default="autodiff")
+    p.add_argument("--gradient", nargs="+", default=["autodiff"], help="one row per revision and gradient method")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=None)
@@ -90,23 +91,26 @@ def main() -> None:
     if args.baseline is None or not (args.baseline / "graphode" / "__init__.py").exists():
         p.error("--baseline must be a folder with a graphode package inside (see the module docs)")
     revisions = {"baseline": args.baseline.resolve(), "this checkout": ROOT}
-    results = {name: [] for name in revisions}
+    results = {(name, g): [] for g in args.gradient for name in revisions}
     for r in range(args.rounds):
-        for name, path in revisions.items():
-            results[name].append(run_revision(path, args))
-            print(f"round {r + 1}: {name}: {results[name][-1]}", flush=True)
+        for (name, gradient), runs in results.items():
+            runs.append(run_revision(revisions[name], args, gradient))
+            print(f"round {r + 1}: {name}, {gradient}: {runs[-1]}", flush=True)
     lines = [
         f"Training step, fly visual system extent {args.extent}, B = {args.batch}, hidden {args.hidden}, "
-        f"Dopri5 rtol = atol = {args.tol:g}, gradient {args.gradient}, backend {args.backend}; "
-        f"medians of {args.steps} steps, then of {args.rounds} interleaved rounds\n",
-        "| revision | s / step | × baseline | f-evals | peak GB | per round (s) |",
-        "|---|---|---|---|---|---|",
+        f"Dopri5 rtol = atol = {args.tol:g}, backend {args.backend}; medians of {args.steps} steps, then of "
+        f"{args.rounds} interleaved rounds\n",
+        "| revision | gradient | s / step | × baseline | × this checkout's autodiff | f-evals | peak GB | per round (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    base = statistics.median(x["step"] for x in results["baseline"])
-    for name, runs in results.items():
-        step = statistics.median(x["step"] for x in runs)
-        lines.append(f"| {name} | {step:.4f} | {step / base:.3f} | {runs[-1]['f_evals']} | "
-                     f"{max(x['peak_gb'] for x in runs):.1f} | {', '.join('%.4f' % x['step'] for x in runs)} |")
+    median = {key: statistics.median(x["step"] for x in runs) for key, runs in results.items()}
+    autodiff = median.get(("this checkout", "autodiff"))
+    for (name, gradient), runs in results.items():
+        step = median[(name, gradient)]
+        versus = "" if autodiff is None else f"{step / autodiff:.2f}"
+        lines.append(f"| {name} | {gradient} | {step:.4f} | {step / median[('baseline', gradient)]:.3f} | {versus} | "
+                     f"{runs[-1]['f_evals']} | {max(x['peak_gb'] for x in runs):.1f} | "
+                     f"{', '.join('%.4f' % x['step'] for x in runs)} |")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

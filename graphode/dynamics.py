@@ -398,6 +398,10 @@ class ConnectomeDynamics(VectorField):
             bias = bias + self.node_input(g.node_features).reshape(-1)
         return Derived(weights, tau, bias)
 
+    def time_scale(self, inputs: DynamicsInputs, derived: Derived) -> float:
+        """The smallest time constant: the state's fastest relaxation."""
+        return float(derived.tau.min())
+
     def tau(self, graph=None) -> Tensor:
         """Time constants per neuron of ``graph`` ``[N]`` (``[1]`` when not per type)."""
         return self.derive(self.prepare(graph)).tau

@@ -17,6 +17,10 @@ each piece of work is done once, where the gradient method allows:
 ``evaluate(t, y, inputs, derived) -> dy/dt``
     the evaluation itself, ``t [B]``, ``y [B, N]`` → ``[B, N]``.
 
+``time_scale(inputs, derived) -> float | None``
+    optional: the field's shortest time scale (for :class:`~graphode.dynamics.ConnectomeDynamics`
+    the smallest time constant), which sets the continuous adjoint's segment length.
+
 ``forward(t, y, *args)`` chains the three, so a field is also an ordinary module. A plain
 callable ``f(t, y, *args)`` is a field too: :func:`as_field` wraps it (nothing to prepare or
 derive).
@@ -51,6 +55,11 @@ class VectorField(nn.Module):
 
     def evaluate(self, t: Tensor, y: Tensor, inputs: Any, derived: Any) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def time_scale(self, inputs: Any, derived: Any) -> float | None:
+        """The field's shortest time scale (None: unknown). The continuous adjoint keeps
+        its segments a few of these long (:class:`~graphode.gradients.Adjoint`)."""
+        return None
 
     def forward(self, t: Tensor, y: Tensor, *args: Any) -> Tensor:
         inputs = self.prepare(*args)

@@ -32,6 +32,7 @@ graphs where even one segment's graph does not fit.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -47,10 +48,11 @@ __all__ = ["Gradient", "Autodiff", "Checkpoint", "Adjoint", "GRADIENTS", "resolv
 class Gradient:
     """Base of the gradient methods.
 
-    ``states(field, args, y0, grid, config, stats)`` → the states at ``grid``,
-    ``[B, K, N]``: it prepares the field's inputs from ``args`` once and derives its
-    parameters where the method allows. ``grid`` holds ``t_span``'s ends, the evaluation
-    times and, for the segmented methods, the segment boundaries (:meth:`grid`).
+    ``states(field, args, y0, grid, config, stats)`` → ``(grid, states)``: the times the
+    solve stopped at ``[K]`` and the states there ``[B, K, N]``. It prepares the field's
+    inputs from ``args`` once and derives its parameters where the method allows. ``grid``
+    holds ``t_span``'s ends, the evaluation times and, for the segmented methods, the
+    segment boundaries (:meth:`grid`); a method may stop at more times than these.
     """
 
     name = ""
@@ -85,7 +87,7 @@ class Autodiff(Gradient):
     def states(self, field, args, y0, grid, config, stats):
         inputs = field.prepare(*args)
         derived = field.derive(inputs)
-        return integrate(lambda t, y: field.evaluate(t, y, inputs, derived), y0, grid, config, stats, "forward")
+        return grid, integrate(lambda t, y: field.evaluate(t, y, inputs, derived), y0, grid, config, stats, "forward")
 
 
 class Checkpoint(Gradient):
@@ -106,8 +108,12 @@ class Checkpoint(Gradient):
         differentiated = torch.is_grad_enabled()
         derived = None if differentiated else field.derive(inputs)
         forward_done = False
+        # Each segment starts with the step size the previous one ended with (selecting a
+        # first step afresh costs evaluations and small steps in every segment); the
+        # recomputation starts from the same step as the forward, so it takes the same steps.
+        first_steps: list[Tensor | None] = [None]
 
-        def segment(y: Tensor, ta: Tensor, tb: Tensor) -> Tensor:
+        def segment(y: Tensor, ta: Tensor, tb: Tensor, k: int) -> Tensor:
             # Calls after the forward loop are autograd's re-solves during backward. autograd
             # stops a re-solve as soon as it has recomputed every saved tensor (checkpoint's
             # early stop), so this function may never return there: count evaluations as
@@ -122,32 +128,58 @@ class Checkpoint(Gradient):
                     stats.backward_f_evals += 1
                 return field.evaluate(t, y_, inputs, d)
 
-            y_end = integrate(f, y, torch.stack([ta, tb]), config, target, f"segment [{float(ta):g}, {float(tb):g}]")
+            y_end, carried = integrate(f, y, torch.stack([ta, tb]), config, target,
+                                       f"segment [{float(ta):g}, {float(tb):g}]", dt0=first_steps[k], return_step=True)
+            if not forward_done:
+                first_steps.append(carried)
             return y_end[:, -1]
 
         ys = [y0]
         for k in range(grid.numel() - 1):
             if differentiated:
-                y = _checkpoint(segment, ys[-1], grid[k], grid[k + 1], use_reentrant=False, determinism_check="none")
+                y = _checkpoint(segment, ys[-1], grid[k], grid[k + 1], k, use_reentrant=False, determinism_check="none")
             else:
-                y = segment(ys[-1], grid[k], grid[k + 1])
+                y = segment(ys[-1], grid[k], grid[k + 1], k)
             ys.append(y)
         forward_done = True
-        return torch.stack(ys, dim=1)
+        return grid, torch.stack(ys, dim=1)
 
 
 class Adjoint(Gradient):
     """The batch-summed continuous adjoint (see the module docs).
 
+    Integrated backwards, the state of leaky dynamics expands like ``e^{t/τ}``: over a
+    segment of length ``L`` a reconstruction error grows by ``e^{L/τ}``. The forward state
+    is therefore restored at every segment boundary, and segments are at most
+    ``max_segment`` of the field's smallest time constant long
+    (:meth:`~graphode.field.VectorField.time_scale`, read once per solve): the gradient
+    error stays of the order of the solver tolerance however long the solve, and memory
+    grows only by one ``[B, N]`` state per segment, never with the number of steps.
+
     Args:
-        segments: how many equal segments ``t_span`` is cut into; the forward state is
-            restored at each boundary.
+        segments: the least number of equal segments ``t_span`` is cut into.
+        max_segment: the longest segment in units of the field's time scale (None: only
+            ``segments``; also for a field without a time scale).
     """
 
     name = "adjoint"
 
-    def __init__(self, segments: int = 8):
+    def __init__(self, segments: int = 8, max_segment: float | None = 2.0):
         self.segments = _segments(segments)
+        if max_segment is not None and not (isinstance(max_segment, (int, float)) and max_segment > 0):
+            raise ValueError(f"max_segment must be > 0 (in units of the field's time scale) or None, got {max_segment!r}")
+        self.max_segment = None if max_segment is None else float(max_segment)
+
+    def _refined(self, grid: Tensor, scale: float | None) -> Tensor:
+        """``grid`` with every interval longer than ``max_segment · scale`` cut into equal parts."""
+        if self.max_segment is None or scale is None or not scale > 0:
+            return grid
+        longest = self.max_segment * scale
+        parts = [grid[:1]]
+        for a, b in zip(grid[:-1], grid[1:]):
+            pieces = max(1, math.ceil(float(b - a) / longest - 1e-9))
+            parts.append(torch.linspace(float(a), float(b), pieces + 1, dtype=grid.dtype)[1:])
+        return torch.cat(parts)
 
     def states(self, field, args, y0, grid, config, stats):
         params = [p for p in field.parameters() if p.requires_grad]
@@ -155,21 +187,29 @@ class Adjoint(Gradient):
         # tensors; autograd then carries their gradients on through the originals' history.
         detached, leaves = detached_args(args)
         originals = [a for a in arg_tensors(args) if a.requires_grad]
-        runner = _AdjointRunner(field, field.prepare(*detached), grid, config, stats, params + leaves)
-        return _AdjointSolve.apply(runner, y0, *params, *originals)
+        inputs = field.prepare(*detached)
+        with torch.no_grad():  # the forward pass: no gradients, the backward derives again
+            derived = field.derive(inputs)
+        grid = self._refined(grid, field.time_scale(inputs, derived))
+        runner = _AdjointRunner(field, inputs, derived, grid, config, stats, params + leaves)
+        return grid, _AdjointSolve.apply(runner, y0, *params, *originals)
+
+    def __repr__(self) -> str:
+        return f"Adjoint(segments={self.segments}, max_segment={self.max_segment})"
 
 
 class _AdjointRunner:
     """Holds what the adjoint needs between forward and backward."""
 
-    def __init__(self, field: VectorField, inputs: Any, grid: Tensor, config: SolverConfig, stats: SolveStats,
-                 leaves: Sequence[Tensor]):
-        self.field, self.inputs, self.grid, self.config, self.stats = field, inputs, grid, config, stats
+    def __init__(self, field: VectorField, inputs: Any, derived: Any, grid: Tensor, config: SolverConfig,
+                 stats: SolveStats, leaves: Sequence[Tensor]):
+        self.field, self.inputs, self.derived = field, inputs, derived
+        self.grid, self.config, self.stats = grid, config, stats
         self.leaves = list(leaves)  # the tensors each backward evaluation is differentiated for
+        self.back_step: Tensor | None = None  # the backward solve's step, carried across segments
 
     def forward(self, y0: Tensor) -> Tensor:
-        derived = self.field.derive(self.inputs)  # runs without gradients: the backward derives again
-        f = lambda t, y: self.field.evaluate(t, y, self.inputs, derived)  # noqa: E731
+        f = lambda t, y: self.field.evaluate(t, y, self.inputs, self.derived)  # noqa: E731
         return integrate(f, y0, self.grid, self.config, self.stats, "forward")
 
     def backward_segment(self, k: int, y_k: Tensor, a_k: Tensor):
@@ -205,10 +245,11 @@ class _AdjointRunner:
         config = self.config
         if isinstance(config.controller, FixedStep):  # fixed steps: the same step back as forward
             config = SolverConfig(config.method, config.controller.within(float(span)), config.max_steps)
-        z1 = integrate(
+        zs, self.back_step = integrate(
             aug, z0, torch.stack([torch.zeros((), dtype=span.dtype), span]), config, back_stats,
-            f"adjoint segment [{float(self.grid[k - 1]):g}, {float(self.grid[k]):g}]",
-        )[0, -1]
+            f"adjoint segment [{float(self.grid[k - 1]):g}, {float(self.grid[k]):g}]", dt0=self.back_step, return_step=True,
+        )
+        z1 = zs[0, -1]
         self.stats.backward_f_evals += back_stats.n_f_evals
         a = z1[bn : 2 * bn].view(n, b).t()
         g_flat = z1[2 * bn :]

@@ -168,8 +168,29 @@ class IntegralController(to.IntegralController):
     so the error norm and the accept/reject decision need no graph; torchode's controller
     records one anyway, which holds ``|y0|``, ``|y1|`` and the error bounds of every step
     until backward.
+
+    It also remembers the step sizes it proposed after the last two accepted steps
+    (:meth:`next_step`), so that a solve continued from where this one ended (the next
+    segment of a checkpointed or adjoint solve) starts with a fitting step instead of
+    selecting one afresh.
     """
 
-    def adapt_step_size(self, *args, **kwargs):
+    _accepted: tuple[Tensor, Tensor] | None = None
+
+    def adapt_step_size(self, t0, dt, y0, step_result, state, stats):
         with torch.no_grad():
-            return super().adapt_step_size(*args, **kwargs)
+            accept, dt_next, state, status = super().adapt_step_size(t0, dt, y0, step_result, state, stats)
+            # samples that reached the end take steps of 0 (and propose 0) until all have
+            taken = accept & (dt != 0)
+            if self._accepted is None:
+                self._accepted = (dt_next, dt_next)
+            else:
+                previous, last = self._accepted
+                self._accepted = (torch.where(taken, last, previous), torch.where(taken, dt_next, last))
+        return accept, dt_next, state, status
+
+    def next_step(self) -> Tensor | None:
+        """``[B]`` a step size to continue with: the larger of the last two proposals after
+        accepted steps (the very last step is usually shortened to end on the interval's
+        end, and so is the proposal after it)."""
+        return None if self._accepted is None else torch.maximum(*self._accepted).abs()

@@ -124,10 +124,9 @@ def solve(
         raise ValueError(f"t_eval must be finite, increasing and inside t_span {t_span}, got {t_eval.tolist()}")
     field = as_field(field)
     stats = SolveStats(method=method.name, gradient=gradient.name)
-    grid = gradient.grid(t0, t1, t_eval)
+    config = SolverConfig(method, controller, max_steps)
+    grid, ys = gradient.states(field, tuple(args), y0, gradient.grid(t0, t1, t_eval), config, stats)
     if not isinstance(gradient, Autodiff):
         stats.segments = grid.numel() - 1
-    config = SolverConfig(method, controller, max_steps)
-    ys = gradient.states(field, tuple(args), y0, grid, config, stats)
     keep = torch.searchsorted(grid, t_eval).to(ys.device)
     return Solution(t_eval, ys[:, keep], stats)

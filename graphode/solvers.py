@@ -224,14 +224,23 @@ class SolverConfig:
     max_steps: int
 
 
-def integrate(f, y0: Tensor, t_grid: Tensor, config: SolverConfig, stats: SolveStats, context: str) -> Tensor:
+def integrate(
+    f, y0: Tensor, t_grid: Tensor, config: SolverConfig, stats: SolveStats, context: str,
+    dt0: Tensor | None = None, return_step: bool = False,
+) -> Tensor | tuple[Tensor, Tensor | None]:
     """Solve ``dy/dt = f(t, y)`` from ``t_grid[0]`` to ``t_grid[-1]``: the states at
-    ``t_grid``, ``[B, T, N]``; raises :class:`SolverError` when the solve fails."""
+    ``t_grid``, ``[B, T, N]``; raises :class:`SolverError` when the solve fails.
+
+    ``dt0 [B]`` overrides an adaptive controller's first step (a solve continued from
+    another); with ``return_step`` the result is ``(states, step)``, ``step [B]`` the step
+    size to continue with (None for fixed steps)."""
     y0 = node_major(y0)
     b = y0.size(0)
     term = to.ODETerm(lambda t, y: node_major_grad(f(t, y)))
     step = config.method.step(term)
-    controller, dt0 = config.controller.build(term, b, t_grid.dtype, y0.device)
+    controller, first = config.controller.build(term, b, t_grid.dtype, y0.device)
+    if dt0 is None or isinstance(config.controller, FixedStep):
+        dt0 = first
     # Step sizes are treated as constants (as in diffrax): differentiating the controller
     # adds error-estimate derivatives that are wrong at ReLU kinks (2–4% off finite
     # differences, measured).
@@ -249,4 +258,7 @@ def integrate(f, y0: Tensor, t_grid: Tensor, config: SolverConfig, stats: SolveS
     if bool((status != 0).any()):
         raise SolverError(status, context, config.max_steps)
     stats.add(sol.stats)
+    if return_step:
+        carried = controller.next_step() if isinstance(controller, rk.IntegralController) else None
+        return sol.ys, carried
     return sol.ys

@@ -3,6 +3,7 @@ and the memory behaviour of the adjoint."""
 
 from __future__ import annotations
 
+import math
 import json
 import os
 import subprocess
@@ -422,20 +423,14 @@ def test_checkpoint_gradient_with_the_auto_backend_choosing_inside_the_checkpoin
 def _solve_and_grads(method, torchode_steps, gradient="autodiff", **kw):
     import torchode
 
-    from graphode.solvers import Adaptive, Method, resolve_method
+    from graphode.solvers import Method, resolve_method
 
-    if torchode_steps:  # the reference: torchode's own steps and controller, passed as objects
+    if torchode_steps:  # the reference: torchode's own steps, passed as a method object
         class TorchodeMethod(Method):
             name, adaptive = method, method != "heun"
             _step_class = getattr(torchode, {"dopri5": "Dopri5", "tsit5": "Tsit5", "heun": "Heun"}[method])
 
-        class TorchodeController(Adaptive):
-            def build(self, term, b, dtype, device):
-                return torchode.IntegralController(atol=self.atol, rtol=self.rtol, term=term), None
-
         chosen = TorchodeMethod()
-        if chosen.adaptive:
-            kw = dict(controller=TorchodeController(**kw))
     else:
         chosen = resolve_method(method)
     dyn, y0, u, R = _model("tanh", seed=3)
@@ -528,3 +523,68 @@ def test_backward_keeps_one_layout_through_the_steps():
         loss.backward()
     assert sol.stats.n_steps > 3
     assert mixed == []  # (104 such ops before the interpolant converted its gradients)
+
+
+# ---------------------------------------------------------------------------------------
+# long solves: the adjoint's segments follow the dynamics' time scale
+# ---------------------------------------------------------------------------------------
+def _long_solve_gradient(gradient, t_over_tau, tol, **solve_kw):
+    from graphode.synthetic import random_connectome
+
+    dyn = BoundDynamics(random_connectome(40, 240, num_cell_types=3, seed=4), activation="relu",
+                        weights="per_edge_type", tau=0.2, bias=0.5, backend="csr").double()
+    g = torch.Generator().manual_seed(8)
+    u = torch.rand(3, 40, dtype=F64, generator=g)
+    readout = torch.randn(3, 40, dtype=F64, generator=g)
+    sol = solve(dyn, torch.zeros(3, 40, dtype=F64), (0.0, 0.2 * t_over_tau), args=(u,), rtol=tol, atol=tol,
+                gradient=gradient, max_steps=100_000, **solve_kw)
+    (sol.ys[:, -1] * readout).sum().backward()
+    return dyn, torch.cat([p.grad.flatten() for p in dyn.parameters()]), sol.stats
+
+
+@pytest.mark.parametrize("t_over_tau", [5, 100])
+def test_adjoint_gradient_stays_right_over_long_solves(t_over_tau):
+    from graphode.gradients import Adjoint
+
+    _, reference, _ = _long_solve_gradient("checkpoint", t_over_tau, 1e-10)
+    _, adjoint, stats = _long_solve_gradient(Adjoint(), t_over_tau, 1e-6)
+    _, checkpoint, _ = _long_solve_gradient("checkpoint", t_over_tau, 1e-6)
+    error = float((adjoint - reference).norm() / reference.norm())
+    error_checkpoint = float((checkpoint - reference).norm() / reference.norm())
+    assert error < max(10 * error_checkpoint, 1e-5), (error, error_checkpoint)
+    assert stats.segments >= t_over_tau / 2  # at most 2 τ per segment
+    if t_over_tau == 100:  # a fixed count of 8 segments (12.5 τ each) is far off: the test can fail
+        _, fixed, _ = _long_solve_gradient(Adjoint(segments=8, max_segment=None), t_over_tau, 1e-6)
+        assert float((fixed - reference).norm() / reference.norm()) > 100 * error
+
+
+def test_adjoint_gradient_over_a_long_solve_matches_finite_differences():
+    from graphode.gradients import Adjoint
+
+    dyn, grad, _ = _long_solve_gradient(Adjoint(), 100, 1e-8)
+    theta = dyn.synapses.theta
+    i = int(torch.argmax(theta.grad.abs()))
+    h = 1e-5
+
+    def loss(delta):
+        with torch.no_grad():
+            theta[i] += delta
+            g = torch.Generator().manual_seed(8)
+            u = torch.rand(3, 40, dtype=F64, generator=g)
+            readout = torch.randn(3, 40, dtype=F64, generator=g)
+            ys = solve(dyn, torch.zeros(3, 40, dtype=F64), (0.0, 20.0), args=(u,), rtol=1e-10, atol=1e-10).ys
+            theta[i] -= delta
+        return float((ys[:, -1] * readout).sum())
+
+    fd = (loss(h) - loss(-h)) / (2 * h)
+    assert math.isclose(float(theta.grad[i]), fd, rel_tol=1e-4), (float(theta.grad[i]), fd)
+
+
+def test_checkpoint_segments_continue_with_the_step_size_they_ended_with():
+    """Each segment starts with the previous one's step size instead of selecting one
+    afresh: about as many steps as one uninterrupted solve, and gradients still equal
+    autodiff's (the recomputation takes the forward's steps)."""
+    _, auto, auto_stats = _long_solve_gradient("autodiff", 25, 1e-6)
+    _, ckpt, ckpt_stats = _long_solve_gradient("checkpoint", 25, 1e-6, checkpoints=8)
+    assert ckpt_stats.n_f_evals < 1.4 * auto_stats.n_f_evals, (ckpt_stats, auto_stats)
+    assert ckpt_stats.backward_f_evals <= ckpt_stats.n_f_evals
