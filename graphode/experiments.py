@@ -844,7 +844,10 @@ def record(
 ) -> Recording:
     """Simulate ``target`` (see :func:`simulate`, which takes the other keywords, e.g.
     ``perturbations=``) and record the neurons chosen by ``neurons`` (a mask or indices)
-    and/or ``cell_types`` (names); all neurons when neither is given."""
+    and/or ``cell_types`` (names); all neurons when neither is given. A ConnectomeDynamics
+    that is not bound to a graph is simulated on ``data``."""
+    if not isinstance(_dynamics_of(target), BoundDynamics):
+        simulate_kwargs.setdefault("graph", data)
     sol = simulate(target, stimulus, t_eval=t_eval, **simulate_kwargs)
     return Recording.from_solution(sol, data, neurons=neurons, cell_types=cell_types)
 

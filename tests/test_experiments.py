@@ -173,6 +173,18 @@ def test_a_solve_keeps_the_perturbations_it_started_with_through_backward(gradie
     torch.testing.assert_close(grads[True], grads[False], rtol=0, atol=0)
 
 
+def test_graph_per_call_dynamics_record_and_perturb_like_bound_ones():
+    data, bound = _chain(bias=0.25)
+    free = ConnectomeDynamics.from_data(data, activation="identity", weights="fixed", tau=TAU0, tau_mode="fixed",
+                                        bias=0.25, bias_mode="fixed", backend="pyg").double()
+    for perturbations in ([], [Silence([1]), Drive([3], 0.1)]):
+        want = record(bound, data, U0, t_eval=TS, perturbations=perturbations, **TOL).values
+        got = record(free, data, U0, t_eval=TS, perturbations=perturbations, **TOL).values
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="graph=data"):
+        simulate(free, U0, t_eval=TS)
+
+
 def test_silence_restores_after_exception():
     data, dyn = _chain()
     with pytest.raises(RuntimeError, match="boom"):
