@@ -41,6 +41,7 @@ import torchode
 
 from graphode.datasets import load_mnist
 from graphode.models import ConnectomeClassifier
+from graphode.training import load_checkpoint
 from graphode.solvers import Dopri5, Method
 
 
@@ -146,7 +147,7 @@ def main() -> None:
         out.append(line)
 
     if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        state = load_checkpoint(args.checkpoint)  # tensors and plain data only, checksum verified
         config = state["model_config"]
         model = ConnectomeClassifier.from_config(config)
         model.load_state_dict(state["model"])

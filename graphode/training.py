@@ -4,11 +4,15 @@
 writes into ``out_dir``:
 
 ``checkpoint.pt``
-    model, optimiser, RNG states and history after every epoch, written atomically
-    (temporary file + ``os.replace``); ``resume=True`` continues exactly where it stopped
-    (the data order of each epoch depends only on the seed and the epoch). Bit-exact
-    resumption needs a fixed ``backend``: ``"auto"`` measures again in the new process and
-    may choose another backend, equal up to floating-point rounding.
+    model, optimiser, schedule, RNG state and history after every epoch, written atomically
+    (temporary file + ``os.replace``). It holds only tensors and plain data and is read with
+    ``torch.load(weights_only=True)``, so loading it cannot run code; a SHA-256 checksum of
+    its content is verified on load, so a damaged file is an error, never a silent change
+    (see :func:`save_checkpoint`). ``resume=True`` continues exactly where it stopped (the
+    data order of each epoch depends only on the seed and the epoch), and refuses to go on
+    with options other than the checkpoint's (see :func:`train`). Bit-exact resumption needs
+    a fixed ``backend``: ``"auto"`` measures again in the new process and may choose another
+    backend, equal up to floating-point rounding.
 ``metrics.csv`` / ``metrics.json``
     one row per epoch (loss, accuracy, solver work, time); ``steps.csv`` one row per step.
 ``curves.png``
@@ -20,10 +24,14 @@ It runs unchanged under ``torchrun`` (see :mod:`graphode.distributed`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import pickle
+import struct
 import time
-from dataclasses import asdict, dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +44,11 @@ from ._atomic import atomic_write
 from .datasets import random_shift
 from .models import DEFAULT_CONFIG, ConnectomeClassifier
 
-__all__ = ["TrainConfig", "LearningRateSchedule", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate"]
+__all__ = [
+    "TrainConfig", "LearningRateSchedule", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate",
+    "check_train_config", "CheckpointError", "ResumeMismatchError", "DatasetUnavailableError", "RESUME_FREE_OPTIONS",
+    "RESUME_FREE_MODEL_OPTIONS", "CHECKPOINT_FORMAT",
+]
 
 
 @dataclass
@@ -59,22 +71,100 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     out_dir: str = "runs/graphode"
-    resume: bool = False
+    resume: bool = False  # continue from out_dir/checkpoint.pt, which must exist
     stop_after_epoch: int | None = None  # end this process after that epoch (a later resume goes on)
     data_root: str | None = None
     download: bool = False
     progress: bool = True
+    resume_if_present: bool = False  # resume when out_dir holds a checkpoint, else start a new run
+    resume_anyway: bool = False  # when resuming: go on although options differ from the checkpoint's
 
     def model_config(self) -> dict[str, Any]:
+        """The full model config: :data:`~graphode.models.DEFAULT_CONFIG` updated with ``model``."""
         cfg = dict(DEFAULT_CONFIG)
         cfg.update(self.model)
         return cfg
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: unreadable, truncated, corrupted, or holding objects
+    other than tensors and plain data. The message names the file."""
+
+
+class ResumeMismatchError(ValueError):
+    """``resume=True`` with options that differ from those the checkpoint was written with.
+
+    ``differences`` lists ``(option, saved, requested)``; ``model`` options are named
+    ``model.KEY``. ``unfit`` is set when ``resume_anyway`` was given but the saved
+    parameters cannot be loaded into the requested model (why, in words).
+    """
+
+    def __init__(self, path: Path, differences: list[tuple[str, Any, Any]], unfit: str | None = None):
+        self.path, self.differences, self.unfit = Path(path), list(differences), unfit
+        lines = "; ".join(f"{name}: saved {saved!r}, requested {req!r}" for name, saved, req in self.differences)
+        model = any(name.startswith("model.") for name, _, _ in self.differences)
+        train = any(not name.startswith("model.") for name, _, _ in self.differences)
+        what = "model and training options" if model and train else "model options" if model else "training options"
+        if unfit is None:
+            fix = ("Resume with the saved values, use another out_dir for a new run, or pass resume_anyway=True "
+                   "(--resume-anyway) to go on with the requested ones")
+        else:  # resume_anyway was given, but the saved parameters do not fit the requested model
+            fix = (f"The saved parameters do not fit the requested model ({unfit}), even with resume_anyway: "
+                   "resume with the saved model options, or use another out_dir for a new run")
+        super().__init__(f"cannot resume from {path}: it was written with different {what} ({lines}). {fix}")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The requested dataset cannot be loaded here (no local copy and no download)."""
+
+
 def _device(name: str) -> torch.device:
+    """``name`` as a device ("auto": CUDA when available); a ValueError names a bad or absent device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:K") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available here; use device 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here (cuda:0 …)")
+    return dev
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise a ValueError naming the first out-of-range option of ``cfg`` (model options
+    are checked by the model itself)."""
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{name} must be {what}, got {getattr(cfg, name)!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    for name in ("train_limit", "test_limit"):
+        v = getattr(cfg, name)
+        need(v is None or (is_int(v) and v >= 1), name, "an integer >= 1 or None (all)")
+    for name in ("batch_size", "eval_batch_size", "epochs"):
+        need(is_int(getattr(cfg, name)) and getattr(cfg, name) >= 1, name, "an integer >= 1")
+    need(is_num(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0")
+    need(cfg.dynamics_lr is None or (is_num(cfg.dynamics_lr) and cfg.dynamics_lr >= 0), "dynamics_lr",
+         "a finite number >= 0 (0 freezes synapses, tau and bias) or None (= lr)")
+    need(is_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "a finite number >= 0")
+    need(is_int(cfg.warmup_steps) and cfg.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
+    need(is_int(cfg.augment_shift) and cfg.augment_shift >= 0, "augment_shift", "an integer >= 0")
+    need(is_int(cfg.seed) and 0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2**63)")
+    need(cfg.stop_after_epoch is None or (is_int(cfg.stop_after_epoch) and cfg.stop_after_epoch >= 1),
+         "stop_after_epoch", "an integer >= 1 or None")
+    if cfg.resume_anyway and not (cfg.resume or cfg.resume_if_present):
+        raise ValueError("resume_anyway=True (--resume-anyway) only applies with resume=True (--resume) "
+                         "or resume_if_present=True (--resume-if-present)")
+    LearningRateSchedule(cfg.schedule, 1, cfg.warmup_steps)  # raises on an unknown schedule
 
 
 def load_dataset(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset]:
@@ -83,8 +173,11 @@ def load_dataset(cfg: TrainConfig) -> tuple[TensorDataset, TensorDataset]:
         from .datasets import load_mnist
 
         kw = dict(root=cfg.data_root, download=cfg.download)
-        xtr, ytr = load_mnist("train", limit=cfg.train_limit, **kw)
-        xte, yte = load_mnist("test", limit=cfg.test_limit, **kw)
+        try:
+            xtr, ytr = load_mnist("train", limit=cfg.train_limit, **kw)
+            xte, yte = load_mnist("test", limit=cfg.test_limit, **kw)
+        except RuntimeError as exc:  # load_mnist: no source of MNIST is available
+            raise DatasetUnavailableError(str(exc)) from exc
     elif cfg.dataset == "synthetic":
         from .datasets import synthetic_digits
 
@@ -125,15 +218,164 @@ class LearningRateSchedule:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh))
+CHECKPOINT_FORMAT = "graphode-checkpoint-1"
+_INTEGRITY_KEYS = ("format", "sha256")
+_STATE_KEYS = ("model", "optimizer", "schedule", "rng", "epoch", "history", "steps")  # what train() resumes from
+_PLAIN_DATA = "tensors (strided), dict, list, tuple, str, int, float, bool and None"
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def _feed(h: "hashlib._Hash", obj: Any, where: str) -> None:
+    """Hash ``obj`` by content (type tag, length, value) and refuse anything but plain data.
+
+    A content hash, not one of the file's bytes: it survives re-serialisation and does not
+    depend on where tensors lived (CPU or GPU) when the file was written.
+    """
+    kind = type(obj)
+    if obj is None:
+        h.update(b"N")
+    elif kind is bool:
+        h.update(b"B1" if obj else b"B0")
+    elif kind is int:
+        text = str(obj).encode()
+        h.update(b"I%d:" % len(text) + text)
+    elif kind is float:
+        h.update(b"F" + struct.pack("<d", obj))
+    elif kind is str:
+        data = obj.encode("utf-8", "surrogatepass")
+        h.update(b"S%d:" % len(data))
+        h.update(data)
+    elif kind in (torch.Tensor, torch.nn.Parameter):
+        if obj.layout != torch.strided or obj.is_quantized:
+            raise TypeError(f"checkpoint entry {where} is a {obj.layout} tensor; store it dense (.to_dense())")
+        t = obj.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
+        header = f"{t.dtype}{tuple(obj.shape)}".encode()
+        h.update(b"T%d:" % len(header) + header)
+        h.update(t.view(torch.uint8).numpy())
+    elif kind in (dict, OrderedDict):
+        h.update(b"D%d:" % len(obj))
+        for key, value in obj.items():
+            _feed(h, key, f"{where} key {key!r}")
+            _feed(h, value, f"{where}[{key!r}]")
+    elif kind in (list, tuple):
+        h.update((b"L" if kind is list else b"U") + b"%d:" % len(obj))
+        for i, value in enumerate(obj):
+            _feed(h, value, f"{where}[{i}]")
+    else:
+        raise TypeError(
+            f"checkpoint entry {where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only "
+            f"{_PLAIN_DATA} (convert it, e.g. with .tolist(), float() or torch.as_tensor())"
+        )
+
+
+def _content_sha256(state: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    _feed(h, state, "state")
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically as a checkpoint that :func:`load_checkpoint` verifies.
+
+    ``state`` may hold only tensors and plain data (dict, list, tuple, str, int, float,
+    bool, None), so that ``torch.load(weights_only=True)`` reads it without running code;
+    anything else is a TypeError naming its place in ``state``. The file is a dict: the
+    entries of ``state`` plus ``"format"`` (:data:`CHECKPOINT_FORMAT`) and ``"sha256"``, a
+    checksum of the content, so ``torch.load(path, weights_only=True)["model"]`` still works.
+    The checksum detects damage (a truncated copy, flipped bits), not deliberate tampering.
+    """
+    clash = [k for k in _INTEGRITY_KEYS if k in state]
+    if clash:
+        raise ValueError(f"checkpoint state must not use the reserved keys {clash}")
+    digest = _content_sha256(state)
+    payload = {"format": CHECKPOINT_FORMAT, **state, "sha256": digest}
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read and verify a checkpoint written by :func:`save_checkpoint`; returns its ``state``.
+
+    Loads with ``torch.load(weights_only=True)`` onto the CPU, so a file holding other
+    objects (a pickle that would run code) is refused before anything in it runs.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is unreadable or truncated, holds objects other than
+            tensors and plain data, is not a graphode checkpoint, or its content does not
+            match its checksum (it was damaged after it was written). The message names
+            the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise RuntimeError(f"cannot read checkpoint {path}: {exc}") from exc
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code "
+            f"when loaded ({reason}). Only load checkpoints written by graphode from sources you trust"
+        ) from exc
+    except Exception as exc:  # a truncated, damaged or foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated, damaged or not a torch file ({exc})") from exc
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(
+            f"{path} is not a graphode training checkpoint of format {CHECKPOINT_FORMAT!r} (found {found!r}); "
+            "files written before checkpoints carried a checksum cannot be verified: train again in a new out_dir"
+        )
+    state = {k: v for k, v in blob.items() if k not in _INTEGRITY_KEYS}
+    stored = blob.get("sha256")
+    try:
+        actual = _content_sha256(state)
+    except TypeError as exc:
+        raise CheckpointError(f"{path} is damaged: {exc}") from exc
+    if stored != actual:
+        raise CheckpointError(
+            f"{path} is damaged: its content does not match its checksum (stored sha256 {str(stored)[:16]}…, "
+            f"content {actual[:16]}…). Resume from an intact copy, or train again in a new out_dir"
+        )
+    return state
+
+
+# -- resume checks ---------------------------------------------------------------------------
+#: TrainConfig fields that may differ on resume: where and how the run executes, not what it
+#: computes. ``epochs`` may also differ (to extend or shorten a run), except with the cosine
+#: schedule, whose shape depends on it.
+RESUME_FREE_OPTIONS = (
+    "out_dir", "resume", "resume_if_present", "resume_anyway", "stop_after_epoch", "device", "progress", "data_root",
+    "download", "eval_batch_size",
+)
+#: Model options that may differ on resume: ``backend`` picks the kernel that computes the
+#: same operation (results equal up to floating-point rounding, as with another device).
+RESUME_FREE_MODEL_OPTIONS = ("backend",)
+
+
+def _resume_differences(state: dict[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """``(option, saved, requested)`` for each option of ``cfg`` that differs from the checkpoint's."""
+    diffs: list[tuple[str, Any, Any]] = []
+    saved_model = {**DEFAULT_CONFIG, **state.get("model_config", {})}  # keys added since take their defaults
+    requested_model = cfg.model_config()
+    for cfgs in (saved_model, requested_model):
+        cfgs["image_size"] = list(cfgs["image_size"])
+    for key in sorted(set(saved_model) | set(requested_model)):
+        if key in RESUME_FREE_MODEL_OPTIONS:
+            continue
+        a, b = saved_model.get(key), requested_model.get(key)
+        if a != b:
+            diffs.append((f"model.{key}", a, b))
+    defaults = asdict(TrainConfig())
+    saved_train = {**defaults, **state.get("train_config", {})}
+    requested_train = asdict(cfg)
+    free = set(RESUME_FREE_OPTIONS) | {"model"}
+    if saved_train["schedule"] != "cosine" and requested_train["schedule"] != "cosine":
+        free.add("epochs")
+    for f in fields(TrainConfig):
+        if f.name in free:
+            continue
+        a, b = saved_train.get(f.name), requested_train[f.name]
+        if a != b:
+            diffs.append((f.name, a, b))
+    return diffs
 
 
 # -- evaluation -----------------------------------------------------------------------------
@@ -158,20 +400,70 @@ def evaluate(model: ConnectomeClassifier, loader: DataLoader, device: torch.devi
 
 
 # -- the loop -------------------------------------------------------------------------------
+def _resume_state(cfg: TrainConfig, ckpt_path: Path, dist: Any) -> dict[str, Any] | None:
+    """The verified checkpoint to resume from, on every process (rank 0 reads it and sends
+    it: no shared file system needed), or None for a new run (``resume_if_present`` without
+    a checkpoint); raises the same error on every process."""
+    found: Any = None
+    new_run = cfg.resume_if_present and not cfg.resume
+    if dist.is_main and not (new_run and not ckpt_path.is_file()):
+        try:
+            if not ckpt_path.is_file():
+                raise FileNotFoundError(
+                    f"cannot resume: no checkpoint at {ckpt_path}; point out_dir (--out-dir) at the run to continue, "
+                    "or leave out resume (--resume) to start a new run"
+                )
+            found = load_checkpoint(ckpt_path)
+            missing = [k for k in _STATE_KEYS if k not in found]
+            if missing:
+                raise CheckpointError(f"{ckpt_path} lacks the entries {missing} of a training checkpoint")
+        except (FileNotFoundError, CheckpointError) as exc:
+            found = exc
+    found = dist.broadcast(found)
+    if isinstance(found, BaseException):
+        raise found
+    if found is None:
+        dist.print(f"no checkpoint at {ckpt_path} yet: starting a new run")
+        return None
+    differences = _resume_differences(found, cfg)
+    if differences and not cfg.resume_anyway:
+        raise ResumeMismatchError(ckpt_path, differences)
+    for name, saved, requested in differences:
+        dist.print(f"warning: resuming with {name} = {requested!r} (checkpoint: {saved!r}), as resume_anyway asks")
+    return found
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train, evaluate every epoch, checkpoint; returns the final metrics and history."""
+    """Train, evaluate every epoch, checkpoint; returns the final metrics and history.
+
+    Options are checked first (:func:`check_train_config`), so a typo fails at once.
+
+    With ``cfg.resume`` the run continues from ``out_dir/checkpoint.pt``, which must exist
+    (a FileNotFoundError names the path otherwise) and pass :func:`load_checkpoint`'s
+    checks. ``cfg.resume_if_present`` resumes in the same way when the checkpoint exists
+    and starts a new run when it does not (for job scripts restarted as they are, such as
+    elastic ``torchrun`` jobs).
+
+    The requested model and training options are compared with the saved ones before
+    anything is built: a difference raises :class:`ResumeMismatchError` naming each option
+    with its saved and requested value. Free to differ are :data:`RESUME_FREE_OPTIONS`
+    (``out_dir``, ``device``, ``stop_after_epoch``, progress, data location and download,
+    ``eval_batch_size``), the model's ``backend`` (:data:`RESUME_FREE_MODEL_OPTIONS`), and
+    ``epochs`` unless the schedule is cosine (whose shape depends on it). With
+    ``cfg.resume_anyway`` the differences are reported and the run goes on: weights,
+    optimiser moments, step count, RNG state and history come from the checkpoint, the
+    requested options apply from there on (learning rates, weight decay and schedule
+    included); a model whose parameters do not fit the saved ones still fails.
+    """
     from .distributed import DistributedContext, all_reduce_max, all_reduce_sum
 
-    # Checked before the model and data are built, so a typo fails at once.
-    if cfg.stop_after_epoch is not None and cfg.stop_after_epoch < 1:
-        raise ValueError(f"stop_after_epoch must be >= 1, got {cfg.stop_after_epoch}")
-    if cfg.augment_shift < 0:
-        raise ValueError(f"augment_shift must be >= 0, got {cfg.augment_shift}")
-    LearningRateSchedule(cfg.schedule, 1, cfg.warmup_steps)  # raises on an unknown schedule or negative warm-up
-
+    check_train_config(cfg)
     dist = DistributedContext.from_env(device=cfg.device)
     device = dist.device if dist.enabled else _device(cfg.device)
     out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / "checkpoint.pt"
+    state = _resume_state(cfg, ckpt_path, dist) if cfg.resume or cfg.resume_if_present else None
+
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config()
     model = ConnectomeClassifier.from_config(model_cfg).to(device)
@@ -197,29 +489,40 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # outputs do not depend on batch mates, so the sums over processes are the full test set's.
     test_loader = DataLoader(Subset(test_set, range(dist.rank, len(test_set), dist.world_size)), batch_size=cfg.eval_batch_size)
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, LearningRateSchedule(cfg.schedule, cfg.epochs * len(train_loader), cfg.warmup_steps)
-    )
+    lr_factor = LearningRateSchedule(cfg.schedule, cfg.epochs * len(train_loader), cfg.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     history: list[dict[str, Any]] = []
     steps: list[dict[str, Any]] = []
     start_epoch = 0
-    ckpt_path = out_dir / "checkpoint.pt"
-    # Rank 0 reads the checkpoint and sends it to the others: no shared file system needed.
-    state = load_checkpoint(ckpt_path) if cfg.resume and dist.is_main and ckpt_path.exists() else None
-    state = dist.broadcast(state) if cfg.resume else None
     if state is not None:
-        # Keys added to DEFAULT_CONFIG since the checkpoint was written take their defaults.
-        if {**DEFAULT_CONFIG, **state["model_config"]} != model.to_config():
-            raise ValueError(f"{ckpt_path} was written by a different model config; use another out_dir")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "schedule" in state:  # checkpoints from before schedules existed ran at a constant rate
-            schedule.load_state_dict(state["schedule"])
+        base_lrs = list(schedule.base_lrs)  # the requested learning rates
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            differences = _resume_differences(state, cfg)
+            if not differences:
+                raise CheckpointError(f"{ckpt_path} does not fit the model it was written with ({reason})") from exc
+            raise ResumeMismatchError(ckpt_path, differences, unfit=reason) from exc
+        schedule.load_state_dict(state["schedule"])
+        # The requested schedule from here on: equal to the saved one unless resume_anyway
+        # let options differ (the saved one of a constant schedule may name another length).
+        schedule.lr_lambdas = [lr_factor] * len(optimizer.param_groups)
+        if cfg.resume_anyway:
+            schedule.base_lrs = base_lrs
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["initial_lr"], group["weight_decay"] = base, cfg.weight_decay
+                group["lr"] = base * lr_factor(schedule.last_epoch)
+            schedule._last_lr = [g["lr"] for g in optimizer.param_groups]
         torch.set_rng_state(state["rng"])
         history, steps, start_epoch = state["history"], state["steps"], state["epoch"] + 1
         dist.print(f"resumed from {ckpt_path} after epoch {state['epoch'] + 1}")
 
     last_epoch = cfg.epochs if cfg.stop_after_epoch is None else min(cfg.epochs, cfg.stop_after_epoch)
+    if state is not None and start_epoch >= last_epoch:
+        dist.print(f"nothing to train: {ckpt_path} already holds {start_epoch} epoch(s) and the run ends after "
+                   f"epoch {last_epoch}; raise epochs to train further")
     for epoch in range(start_epoch, last_epoch):
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
