@@ -162,6 +162,7 @@ def resolve_controller(method: Method, controller: Controller | None = None, rto
         if isinstance(controller, Adaptive) and not method.adaptive:
             raise ValueError(f"{type(method).__name__} has no error estimate: use controller=FixedStep(dt)")
         return controller
+    _positive("dt0", dt0, allow_none=True)
     if method.adaptive:
         return Adaptive(rtol=1e-3 if rtol is None else rtol, atol=1e-4 if atol is None else atol, dt0=dt0)
     if dt0 is None:

@@ -588,3 +588,41 @@ def test_checkpoint_segments_continue_with_the_step_size_they_ended_with():
     _, ckpt, ckpt_stats = _long_solve_gradient("checkpoint", 25, 1e-6, checkpoints=8)
     assert ckpt_stats.n_f_evals < 1.4 * auto_stats.n_f_evals, (ckpt_stats, auto_stats)
     assert ckpt_stats.backward_f_evals <= ckpt_stats.n_f_evals
+
+
+def test_bad_solver_options_name_the_option_instead_of_failing_later():
+    """NaN times, an infinite span, non-positive tolerances or steps and empty states used to
+    end in "the state diverged" or "raise max_steps"; each is now refused up front."""
+    from graphode.solvers import Adaptive, FixedStep
+
+    f = lambda t, y: -y  # noqa: E731
+    y0 = torch.ones(2, 3, dtype=F64)
+    cases = [
+        (dict(t_eval=[0.5, float("nan")]), "t_eval must be finite"),
+        (dict(t_span=(0.0, float("inf"))), "t_span must be two finite"),
+        (dict(rtol=0.0, atol=0.0), "rtol must be a finite number > 0"),
+        (dict(atol=-1e-3), "atol must be a finite number > 0"),
+        (dict(dt0=0.0), "dt0 must be a finite number > 0"),
+        (dict(method="heun", dt0=-0.1), "dt0 must be a finite number > 0"),
+        (dict(controller=Adaptive(), rtol=1e-3), "inside controller="),
+        (dict(method="euler", controller=Adaptive()), "no error estimate"),
+        (dict(max_steps=0), "max_steps"),
+    ]
+    for over, match in cases:
+        with pytest.raises(ValueError, match=match):
+            solve(f, y0, **{"t_span": (0.0, 1.0), **over})
+    with pytest.raises(ValueError, match="empty"):
+        solve(f, torch.ones(0, 3), (0.0, 1.0))
+    with pytest.raises(ValueError, match="dt must be"):
+        FixedStep(float("nan"))
+    with pytest.raises(TypeError, match="controller must be"):
+        solve(f, y0, (0.0, 1.0), controller="adaptive")
+
+
+def test_dynamics_refuse_non_finite_or_sign_flipping_options():
+    from graphode.synthetic import random_connectome
+
+    data = random_connectome(10, 30, seed=0)
+    for kw, match in ((dict(tau=float("nan")), "tau"), (dict(bias=float("inf")), "bias"), (dict(gain=-1.0), "gain")):
+        with pytest.raises(ValueError, match=match):
+            BoundDynamics(data, **kw)
