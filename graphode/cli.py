@@ -96,7 +96,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="'fly_visual_system' (built in), 'random', or an edge-list file (CSV/TSV/Parquet/NPZ/PT)")
     g.add_argument("--extent", type=_NONNEGATIVE_INT, default=4, help="fly visual system lattice radius in columns (15 = full, 45,669 neurons)")
     g.add_argument("--input", choices=["retina", "random"], default=DEFAULT_CONFIG["input"],
-                   help="image onto photoreceptors (retina) or each pixel onto a random neuron (the seed's mapping)")
+                   help="image onto photoreceptors (retina) or each pixel onto a random neuron (the torch-biopl tutorial's mapping)")
     g.add_argument("--readout", choices=["pooled", "linear"], default=DEFAULT_CONFIG["readout"])
     g.add_argument("--aggr", choices=["sum", "mean", "max", "attention"], default=DEFAULT_CONFIG["aggr"], help="pooling of the readout")
     g.add_argument("--activation", default=DEFAULT_CONFIG["activation"], help="relu, softplus, tanh, sigmoid")

@@ -9,7 +9,7 @@ Every mapping is a :class:`SparseProjection` from ``F`` stimulus features to ``N
     bilinear interpolation. The hexagonal lattice is centred on the image and scaled so
     that its outermost columns sit ``margin`` pixels inside the image border.
 :func:`random_pixels`
-    the seed tutorial's mapping: every pixel drives one uniformly random neuron.
+    the torch-biopl tutorial's mapping: every pixel drives one uniformly random neuron.
 :class:`SparseProjection`
     any user-supplied sparse matrix (fixed or learnable values).
 
@@ -225,7 +225,7 @@ def hex_retina(
 
 
 def random_pixels(data, num_pixels: int = 784, *, seed: int = 0, gain: float = 1.0) -> SparseProjection:
-    """The seed tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1."""
+    """The torch-biopl tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1."""
     gen = torch.Generator().manual_seed(seed)
     neurons = torch.randint(int(data.num_nodes), (num_pixels,), generator=gen)
     index = torch.stack([neurons, torch.arange(num_pixels)])

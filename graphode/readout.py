@@ -22,7 +22,7 @@ For ``sum`` and ``mean`` over a single graph the encoder's linearity lets the po
 computed by contraction, without materialising ``h`` (see :meth:`PooledReadout._pool_linear`);
 the result is the same function.
 
-:class:`LinearReadout` is the seed tutorial's readout, for comparison: the final state of
+:class:`LinearReadout` is the torch-biopl tutorial's readout, for comparison: the final state of
 every neuron, flattened, through ``Linear(N, 256) → ReLU → Dropout(0.5) → Linear(256, C)``.
 """
 
@@ -233,7 +233,7 @@ class PooledReadout(nn.Module):
 
 
 class LinearReadout(nn.Module):
-    """The seed tutorial's readout over the final state of all neurons.
+    """The torch-biopl tutorial's readout over the final state of all neurons.
 
     Shapes: forward(states ``[B, R, N]``, ...) → ``[B, C]`` (uses ``states[:, -1]``).
     """
