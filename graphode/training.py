@@ -506,8 +506,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 raise CheckpointError(f"{ckpt_path} does not fit the model it was written with ({reason})") from exc
             raise ResumeMismatchError(ckpt_path, differences, unfit=reason) from exc
         schedule.load_state_dict(state["schedule"])
-        # The requested schedule from here on: equal to the saved one unless resume_anyway
-        # let options differ (the saved one of a constant schedule may name another length).
+        # The step count from the checkpoint, the schedule itself as requested (equal to the
+        # saved one unless resume_anyway let options differ): LambdaLR's load_state_dict
+        # wrote the saved schedule's fields into lr_factor, so build it again.
+        lr_factor = LearningRateSchedule(cfg.schedule, cfg.epochs * len(train_loader), cfg.warmup_steps)
         schedule.lr_lambdas = [lr_factor] * len(optimizer.param_groups)
         if cfg.resume_anyway:
             schedule.base_lrs = base_lrs

@@ -222,6 +222,15 @@ def test_resume_anyway_goes_on_with_the_requested_options(run_dir, capsys):
     assert [g["initial_lr"] for g in state["optimizer"]["param_groups"]] == [2e-2, 2e-2]
 
 
+def test_resume_anyway_applies_the_requested_schedule(run_dir):
+    """The saved schedule (constant, 2 steps) must not overwrite the requested one
+    (cosine over 2 epochs of 2 steps): the second epoch's rates follow the cosine."""
+    train(_tiny(run_dir, epochs=2, resume=True, resume_anyway=True, schedule="cosine"))
+    lrs = _lrs(run_dir)
+    assert lrs[:2] == pytest.approx([1e-2, 1e-2])
+    assert 1e-2 > lrs[2] > lrs[3] > 0, lrs
+
+
 def test_resume_anyway_cannot_load_parameters_of_another_shape(run_dir):
     with pytest.raises(ResumeMismatchError, match="do not fit the requested model") as info:
         train(_tiny(run_dir, epochs=2, resume=True, resume_anyway=True, model={**MODEL, "hidden": 4}))
