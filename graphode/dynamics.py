@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +228,8 @@ class ConnectomeDynamics(VectorField):
         recurrent: set False to drop ``A(v)`` (the "no recurrent connections" ablation).
         fuse: the fused leaky-integrator kernel: None (on CUDA when Triton is there), True
             (also in Triton's interpreter, for tests), False (never).
+        num_nodes: the number of neurons, for ``per_neuron`` parameters (set by
+            :class:`BoundDynamics`).
 
     Shapes:
         forward(t ``[B]``, v ``[B, N]``, graph, stimulus=None) → ``[B, N]``; ``graph`` is a
@@ -276,6 +278,8 @@ class ConnectomeDynamics(VectorField):
             self.synapses = SynapseWeights(weights, num_edge_types=num_edge_types, gain=gain, dale=dale)
         self.recurrent = recurrent
         self.tau_min = float(tau_min)
+        if fuse not in (None, True, False):
+            raise ValueError(f"fuse must be None, True or False, got {fuse!r}")
         self.fuse = fuse
         self.tau_mode, self.bias_mode = tau_mode, bias_mode
         raw_tau = float(inverse_softplus(torch.tensor(tau - tau_min)))
@@ -394,6 +398,8 @@ class ConnectomeDynamics(VectorField):
                 weights = weights * gain.to(weights.device, weights.dtype)[g.edge_index[0]]
         tau = self._node_values(self.tau_min + F.softplus(self.tau_raw), self.tau_mode, g.cell_type, g.num_nodes)
         bias = self._node_values(self.bias, self.bias_mode, g.cell_type, g.num_nodes)
+        if weights.dtype != tau.dtype:  # a graph stored in another precision than the module
+            weights = weights.to(tau.dtype)
         if self.node_input is not None:
             bias = bias + self.node_input(g.node_features).reshape(-1)
         return Derived(weights, tau, bias)
@@ -502,15 +508,13 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
         super().__init__(weights=synapses, tau_mode=tau_mode, bias_mode=bias_mode, num_nodes=n, **options)
         graph = self.graph_inputs(data)  # checks the graph once
         self.num_nodes = n
-        self.register_graph(**{
-            k: v for k, v in dataclasses.asdict(graph).items() if isinstance(v, Tensor)
-        })
-        self._graph_keys = tuple(k for k, v in dataclasses.asdict(graph).items() if isinstance(v, Tensor))
+        tensors = {f.name: getattr(graph, f.name) for f in dataclasses.fields(graph)}
+        self.register_graph(**{k: v for k, v in tensors.items() if isinstance(v, Tensor)})
 
     def bound_graph(self) -> GraphInputs:
         """The bound graph's inputs (the module's buffers, on its device)."""
         fields = {f.name: None for f in dataclasses.fields(GraphInputs)}
-        fields.update({k: getattr(self, k) for k in self._graph_keys}, num_nodes=self.num_nodes)
+        fields.update({k: getattr(self, k) for k in self._graph_names}, num_nodes=self.num_nodes)
         return GraphInputs(**fields)
 
     def prepare(self, stimulus=None) -> DynamicsInputs:

@@ -40,7 +40,9 @@ Perturbations (all reversible, all composable, several at once)
     (:class:`graphode.dynamics.Perturbation`): a solve takes the ones applied when it
     starts and keeps them through its backward pass, so they act in every
     :func:`~graphode.solve.solve` of the dynamics, including ``ConnectomeClassifier.forward``,
-    and gradients are right with every gradient method wherever ``backward()`` runs.
+    and gradients are right with every gradient method wherever ``backward()`` runs. (A
+    current or clamp value that itself requires grad is differentiated by autodiff and
+    checkpoint; the adjoint refuses it.)
 
 Recording
     :func:`simulate` solves the (perturbed) dynamics; :func:`record` returns a
@@ -83,9 +85,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .dynamics import BoundDynamics, ConnectomeDynamics, Perturbation as DynamicsPerturbation, Stimulus
+from .field import arg_tensors
 from .solve import Solution, solve
 
 __all__ = [
@@ -379,6 +382,10 @@ class PulseTrain:
     def tensors(self) -> tuple[Tensor, ...]:
         return (self.values,)
 
+    def with_tensors(self, tensors) -> "PulseTrain":
+        """The same pulse train reading ``tensors[0]`` as its values."""
+        return PulseTrain(tensors[0], self.times, self.dt)
+
     def __call__(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t).reshape(-1).to(self.times.dtype)
         b = t.numel()
@@ -497,6 +504,10 @@ class Clamp(Perturbation):
             raise ValueError(f"Clamp tau must be None or > 0, got {tau}")
         self.neurons, self.value, self.tau = neurons, value, tau
 
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The tensors the command value depends on."""
+        return tuple(arg_tensors([self.value]))
+
     def substitute(self, t: Tensor, v: Tensor, index: Tensor) -> Tensor:
         return v.index_copy(1, index, _evaluate(self.value, t, v.size(0), index.numel(), v, "Clamp value"))
 
@@ -532,6 +543,10 @@ class Drive(Perturbation):
 
     def __init__(self, neurons, current):
         self.neurons, self.current = neurons, current
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The tensors the current depends on."""
+        return tuple(arg_tensors([self.current]))
 
     def rate(self, t: Tensor, v: Tensor, v_read: Tensor, dvdt: Tensor, tau: Tensor, index: Tensor) -> Tensor:
         cur = _evaluate(self.current, t, dvdt.size(0), index.numel(), dvdt, "Drive current")

@@ -21,7 +21,9 @@ each piece of work is done once, where the gradient method allows:
     optional: the field's shortest time scale (for :class:`~graphode.dynamics.ConnectomeDynamics`
     the smallest time constant), which sets the continuous adjoint's segment length.
 
-``forward(t, y, *args)`` chains the three, so a field is also an ordinary module. A plain
+``forward(t, y, *args)`` chains the three, so a field is also an ordinary module; a solve
+calls ``evaluate`` directly, so forward hooks on the field do not run there (hooks on its
+submodules, e.g. a message-passing layer, do). A plain
 callable ``f(t, y, *args)`` is a field too: :func:`as_field` wraps it (nothing to prepare or
 derive).
 
@@ -101,20 +103,23 @@ def arg_tensors(args: Sequence[Any]) -> list[Tensor]:
     return out
 
 
-def detached_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], list[Tensor]]:
+def detached_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], list[Tensor], list[Tensor]]:
     """``args`` with every tensor of :func:`arg_tensors` that requires grad replaced by a
-    detached leaf; returns ``(args, leaves)``, the leaves in :func:`arg_tensors`' order.
+    detached leaf; returns ``(args, originals, leaves)``, pairwise in the same order.
 
     The continuous adjoint differentiates each backward evaluation with respect to these
     leaves; their history (a weight computed from a parameter, say) is then followed once,
-    by autograd, from the gradients the adjoint returns.
+    by autograd, from the gradients the adjoint returns for the originals. An object whose
+    ``tensors()`` require grad must rebuild itself from new ones (``with_tensors``).
     """
+    originals: list[Tensor] = []
     leaves: list[Tensor] = []
 
     def leaf(t: Tensor) -> Tensor:
         if not t.requires_grad:
             return t
         out = t.detach().requires_grad_(True)
+        originals.append(t)
         leaves.append(out)
         return out
 
@@ -122,8 +127,13 @@ def detached_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], list[Tensor]]:
     for a in args:
         if isinstance(a, Tensor):
             out.append(leaf(a))
-        elif hasattr(a, "with_tensors"):
+        elif hasattr(a, "tensors") and any(t.requires_grad for t in a.tensors()):
+            if not hasattr(a, "with_tensors"):
+                raise TypeError(
+                    f"{type(a).__name__} holds tensors that require grad but has no with_tensors(): the adjoint "
+                    "cannot return their gradients; use gradient='autodiff' or 'checkpoint'"
+                )
             out.append(a.with_tensors([leaf(t) for t in a.tensors()]))
         else:
             out.append(a)
-    return tuple(out), leaves
+    return tuple(out), originals, leaves

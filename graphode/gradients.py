@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from .field import VectorField, arg_tensors, detached_args
+from .field import VectorField, detached_args
 from .solvers import FixedStep, SolverConfig, SolveStats, integrate
 
 __all__ = ["Gradient", "Autodiff", "Checkpoint", "Adjoint", "GRADIENTS", "resolve_gradient"]
@@ -185,9 +185,15 @@ class Adjoint(Gradient):
         params = [p for p in field.parameters() if p.requires_grad]
         # The backward differentiates each evaluation for detached copies of the argument
         # tensors; autograd then carries their gradients on through the originals' history.
-        detached, leaves = detached_args(args)
-        originals = [a for a in arg_tensors(args) if a.requires_grad]
+        detached, originals, leaves = detached_args(args)
         inputs = field.prepare(*detached)
+        for p, _ in getattr(inputs, "perturbations", ()):
+            if any(t.requires_grad for t in getattr(p, "tensors", tuple)()):
+                raise ValueError(
+                    f"{p!r} holds values that require grad: the adjoint returns gradients for the field's "
+                    "parameters and its arguments only; use gradient='autodiff' or 'checkpoint', or pass the "
+                    "current as part of the stimulus"
+                )
         with torch.no_grad():  # the forward pass: no gradients, the backward derives again
             derived = field.derive(inputs)
         grid = self._refined(grid, field.time_scale(inputs, derived))
@@ -243,7 +249,7 @@ class _AdjointRunner:
         span = (self.grid[k] - self.grid[k - 1]).to(self.grid.dtype)
         back_stats = SolveStats(self.config.method.name, "adjoint")
         config = self.config
-        if isinstance(config.controller, FixedStep):  # fixed steps: the same step back as forward
+        if isinstance(config.controller, FixedStep):  # fixed steps of the forward's length, within the segment
             config = SolverConfig(config.method, config.controller.within(float(span)), config.max_steps)
         zs, self.back_step = integrate(
             aug, z0, torch.stack([torch.zeros((), dtype=span.dtype), span]), config, back_stats,

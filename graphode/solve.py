@@ -92,7 +92,8 @@ def solve(
             fixed-step method.
         gradient: a :class:`~graphode.gradients.Gradient` or its name (``autodiff``,
             default; ``checkpoint``; ``adjoint``).
-        max_steps: step budget per sample (per segment for checkpoint and adjoint).
+        max_steps: step budget per sample: per segment for checkpoint and for the adjoint's
+            backward pass, for the whole interval otherwise.
         rtol, atol, dt0: the default controller's options (only without ``controller``).
         checkpoints: the segment count of a gradient given by name (default 8).
 

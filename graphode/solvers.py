@@ -54,6 +54,8 @@ class Method:
     _step_class: type = to.Euler
 
     def __init__(self, fuse: bool | None = None):
+        if fuse not in (None, True, False):
+            raise ValueError(f"fuse must be None, True or False, got {fuse!r}")
         self.fuse = fuse
 
     def step(self, term: to.ODETerm):
@@ -261,5 +263,9 @@ def integrate(
     stats.add(sol.stats)
     if return_step:
         carried = controller.next_step() if isinstance(controller, rk.IntegralController) else None
+        if carried is not None and dt0 is not None:
+            # a segment shorter than the step it was given says little about the next one
+            span = (t_grid[-1] - t_grid[0]).to(carried)
+            carried = torch.where(span < dt0, dt0.to(carried), carried)
         return sol.ys, carried
     return sol.ys

@@ -432,3 +432,28 @@ def test_lesion_scan_restores_after_error():
     assert calls == [0, 1] and active_perturbations(dyn) == []
     with pytest.raises(ValueError, match="data="):
         lesion_scan(dyn, ["A"], bad)
+
+
+def test_the_adjoint_takes_a_pulse_train_argument_and_refuses_learnable_perturbation_values():
+    from graphode.experiments import PulseTrain
+
+    data, dyn = _chain(bias=0.25, weights="per_edge")
+    values = torch.full((1, 3, 4), 0.5, dtype=F64, requires_grad=True)
+    pulses = PulseTrain(values, torch.tensor([0.0, 0.5, 1.0], dtype=F64), 0.5)
+    grads = {}
+    for gradient in ("autodiff", "adjoint"):
+        values.grad = None
+        sol = solve(dyn, torch.zeros(1, 4, dtype=F64), (0.0, 1.5), args=(pulses,), t_eval=[0.5, 1.0, 1.5],
+                    gradient=gradient, **TOL)
+        sol.ys.pow(2).sum().backward()
+        grads[gradient] = values.grad.clone()
+    # (0.14% apart: a backward segment's first evaluation, at a pulse edge, reads the pulse
+    # after it; a piecewise-constant input is discontinuous there)
+    torch.testing.assert_close(grads["adjoint"], grads["autodiff"], rtol=1e-2, atol=1e-6)
+    current = torch.tensor([0.3], dtype=F64, requires_grad=True)
+    with perturb(dyn, Drive([3], current)):
+        with pytest.raises(ValueError, match="require grad.*autodiff"):
+            solve(dyn, torch.zeros(1, 4, dtype=F64), (0.0, 1.0), args=(U0,), gradient="adjoint")
+        sol = solve(dyn, torch.zeros(1, 4, dtype=F64), (0.0, 1.0), args=(U0,), gradient="checkpoint", **TOL)
+        sol.ys[:, -1, 3].sum().backward()
+    assert current.grad is not None and float(current.grad) > 0

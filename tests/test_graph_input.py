@@ -231,3 +231,11 @@ def test_options_that_need_one_graph_say_so():
         bound(torch.zeros(1), torch.zeros(1, 6), graph)
     with pytest.raises(TypeError, match="not a BoundDynamics"):
         GraphODEClassifier(bound, PooledReadout(2, 2, K, num_frequencies=0, aggr="max"))
+
+
+def test_a_graph_in_another_precision_than_the_module():
+    graph = _graph(8, 5, with_x=False)
+    graph.syn_weight, graph.sign = graph.syn_weight.double(), graph.sign.double()
+    dyn = ConnectomeDynamics(K, K * K, tau=0.5)  # float32 parameters
+    sol = solve(dyn, torch.zeros(1, 8), (0.0, 1.0), args=(graph, torch.ones(1, 8)))
+    assert sol.ys.dtype == torch.float32 and torch.isfinite(sol.ys).all()
