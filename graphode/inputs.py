@@ -140,7 +140,10 @@ class NodeDrive(nn.Module):
         if self.graph_features:
             s = getattr(graph, self.graph_key, None)
             batch = getattr(graph, "batch", None)
-            num_graphs = 1 if batch is None else int(getattr(graph, "num_graphs", int(batch.max()) + 1))
+            if batch is None:
+                num_graphs = 1
+            else:  # a Batch knows its size; count only for a Data given a batch vector by hand
+                num_graphs = int(graph.num_graphs) if hasattr(graph, "num_graphs") else int(batch.max()) + 1
             if s is None or s.dim() != 2 or s.shape != (num_graphs, self.graph_features):
                 got = None if s is None else tuple(s.shape)
                 raise ValueError(
