@@ -341,11 +341,8 @@ class ConnectomeDynamics(VectorField):
         sign = magnitude = edge_type = cell_type = None
         if mode != "per_edge" or self.synapses.dale:
             sign = _required(graph, "sign", f"weights={mode!r}")
-            if mode != "per_edge":
-                magnitude = synapse_magnitude(graph)
-                check_synapses(sign, magnitude)
-            elif not bool(((sign == 1) | (sign == -1)).all()):
-                raise ValueError("graph: sign must be +1 or -1 for every edge")
+            magnitude = None if mode == "per_edge" else synapse_magnitude(graph)  # per_edge reads signs only
+            check_synapses(sign, magnitude)
         for key, value in (("sign", sign), ("syn_weight/syn_count", magnitude)):
             if value is not None and value.shape != (e,):
                 raise ValueError(f"graph.{key} must be [E] = [{e}] (one per edge), got {tuple(value.shape)}")
@@ -469,12 +466,13 @@ def _codes(graph, key: str, size: int | None, why: str) -> Tensor:
     codes = _required(graph, key, why)
     if codes.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"graph.{key} must hold integer codes, got {codes.dtype}")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= size):
-        raise ValueError(
-            f"graph.{key} holds codes in [{int(codes.min())}, {int(codes.max())}], outside this module's "
-            f"vocabulary [0, {size}): build the module with num_{key}s >= {int(codes.max()) + 1} "
-            "(the vocabulary of every graph it will see)"
-        )
+    if codes.numel():
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi >= size:
+            raise ValueError(
+                f"graph.{key} holds codes in [{lo}, {hi}], outside this module's vocabulary [0, {size}): "
+                f"build the module with num_{key}s >= {hi + 1} (the vocabulary of every graph it will see)"
+            )
     return codes.long()
 
 

@@ -21,13 +21,15 @@ models):
     ``BacksolveAdjoint`` which keeps one per sample), the whole batch is one backward
     problem so vector-Jacobian products use plain ``torch.autograd.grad`` (sparse layers
     work), and the forward state is restored from the stored forward solution at every
-    segment boundary, because leaky dynamics are unstable when integrated backwards.
-    Memory does not grow with the number of solver steps, only with ``segments``; the
-    gradient error is of the order of the solver tolerance.
+    segment boundary (segments at most a few of the field's time constants long), because
+    leaky dynamics are unstable when integrated backwards. Memory does not grow with the
+    number of solver steps, only with the number of segments; the gradient error is of the
+    order of the solver tolerance.
 
-Which to use: ``Autodiff`` for small graphs and short horizons (default), ``Checkpoint``
-when autodiff runs out of memory and exact gradients matter, ``Adjoint`` for very large
-graphs where even one segment's graph does not fit.
+Which to use: ``Autodiff`` for short horizons (default; fastest), ``Checkpoint`` when
+autodiff runs out of memory on a short horizon, ``Adjoint`` for solves longer than about
+25 time constants (where the discrete methods' gradients go wrong at ordinary tolerances)
+and for graphs where even one segment's graph does not fit.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Gradient:
         return torch.unique(torch.cat([torch.linspace(t0, t1, self.segments + 1, dtype=t_eval.dtype), t_eval]))
 
     def states(self, field: VectorField, args: tuple, y0: Tensor, grid: Tensor, config: SolverConfig,
-               stats: SolveStats) -> Tensor:  # pragma: no cover
+               stats: SolveStats) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -50,12 +50,15 @@ def inverse_softplus(y: Tensor, beta: float = 1.0) -> Tensor:
     return (by + torch.log(-torch.expm1(-by))) / beta
 
 
-def check_synapses(sign: Tensor, magnitude: Tensor, where: str = "graph") -> None:
-    """Raise unless ``sign [E]`` is ±1 and ``magnitude [E]`` finite and ``>= 0``."""
-    if sign.dim() != 1 or magnitude.shape != sign.shape:
-        raise ValueError(f"{where}: sign and magnitude must both be [E], got {tuple(sign.shape)} and {tuple(magnitude.shape)}")
+def check_synapses(sign: Tensor, magnitude: Tensor | None, where: str = "graph") -> None:
+    """Raise unless ``sign [E]`` is ±1 and ``magnitude [E]`` (where given) finite and ``>= 0``."""
+    if sign.dim() != 1 or (magnitude is not None and magnitude.shape != sign.shape):
+        got = None if magnitude is None else tuple(magnitude.shape)
+        raise ValueError(f"{where}: sign and magnitude must both be [E], got {tuple(sign.shape)} and {got}")
     if not bool(((sign == 1) | (sign == -1)).all()):
         raise ValueError(f"{where}: sign must be +1 or -1 for every edge")
+    if magnitude is None:
+        return
     if not bool((torch.isfinite(magnitude) & (magnitude >= 0)).all()):
         raise ValueError(f"{where}: synapse magnitudes (syn_weight / syn_count) must be finite and >= 0")
 
