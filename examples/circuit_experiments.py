@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from graphode import BoundDynamics, Stimulus, fly_visual_system, hex_retina
-from graphode.experiments import (
+from graphode.circuits import (
     Drive,
     Recording,
     Silence,

@@ -21,7 +21,7 @@ Outputs in ``--out-dir`` (default ``runs/examples/record_activity``):
 The network is untrained (signs and normalised synapse counts of the connectome, τ = 0.1,
 b = 0.5): the responses show the recording tools, not fly physiology. To record a trained
 model, simulate ``model.dynamics`` (a :class:`graphode.ConnectomeClassifier`'s) the same way;
-:func:`graphode.experiments.record` wraps these steps with neuron selection and tables.
+:func:`graphode.circuits.record` wraps these steps with neuron selection and tables.
 
 Run::
 

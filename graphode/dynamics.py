@@ -22,7 +22,7 @@ also allows per-synapse and per-neuron parameters, which only make sense for one
 Both are :class:`~graphode.field.VectorField` s: :func:`~graphode.solve.solve` calls
 ``prepare`` once per solve (graph attributes, the stimulus, active perturbations),
 ``derive`` where the gradient method allows (weights ``[E]``, ``τ``, ``b``) and
-``evaluate`` at every step. Perturbations (:mod:`graphode.experiments`) are data that
+``evaluate`` at every step. Perturbations (:mod:`graphode.circuits`) are data that
 ``prepare`` takes and the evaluation reads.
 
 The state is ``[B, N]`` (torchode's layout: every sample has its own time and step size);
@@ -107,10 +107,12 @@ class Stimulus:
             return self.values
         times = self.times.to(self.values.dtype)
         b = self.values.size(0)
-        t = t.to(times.dtype).reshape(-1).expand(b)
+        t = t.to(times.dtype).reshape(-1)
+        if b > 1:  # one time per sample (or one shared); values [1, S, F] serve every sample
+            t = t.expand(b)
         idx = torch.searchsorted(times, t.contiguous(), right=True) - 1  # last sample <= t
         lo = idx.clamp(0, times.numel() - 1)
-        rows = torch.arange(b, device=self.values.device)
+        rows = torch.arange(b, device=self.values.device) if b > 1 else torch.zeros_like(lo)
         v_lo = self.values[rows, lo]
         if self.interpolation == "constant" or times.numel() == 1:
             return v_lo
@@ -134,8 +136,8 @@ def as_stimulus(u) -> Stimulus | None:
 
 class Perturbation:
     """A change to the dynamics that the field reads as data: the base of
-    :class:`~graphode.experiments.Silence`, :class:`~graphode.experiments.Clamp` and
-    :class:`~graphode.experiments.Drive`.
+    :class:`~graphode.circuits.Silence`, :class:`~graphode.circuits.Clamp` and
+    :class:`~graphode.circuits.Drive`.
 
     :meth:`ConnectomeDynamics.prepare` resolves each active perturbation's neurons once per
     solve; the solve then reads them from its inputs, so the backward pass of every gradient
@@ -287,7 +289,7 @@ class ConnectomeDynamics(VectorField):
         self._node_parameter("bias", bias, bias_mode, num_nodes)
         self.node_input = node_input
         self.input_projection = input_projection
-        self.perturbations: list[Perturbation] = []  # applied by graphode.experiments
+        self.perturbations: list[Perturbation] = []  # applied by graphode.circuits
 
     @classmethod
     def from_data(cls, data, **options) -> "ConnectomeDynamics":

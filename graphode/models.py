@@ -187,14 +187,23 @@ class ConnectomeClassifier(nn.Module):
         cfg["image_size"] = list(cfg["image_size"])
         return cfg
 
-    def simulate(self, images: Tensor, t_eval: Tensor | None = None) -> Solution:
-        """Run the network on ``images [B, ...]``; returns the solution at ``t_eval``."""
-        cfg = self.config
+    def simulate(self, images: Tensor, t_eval: Tensor | None = None, *, y0: Tensor | None = None,
+                 **solve_options: Any) -> Solution:
+        """Run the network on ``images`` from ``y0`` (default: rest, zeros) over ``(0, t_end)``.
+
+        ``solve_options`` override the model's solver options (``method``, ``controller``,
+        ``gradient``, ``max_steps``; see :func:`~graphode.solve`).
+
+        Shapes:
+            images ``[B, H, W]`` or ``[B, F]``, y0 ``[B, N]`` → ``ys [B, T, N]`` at
+            ``t_eval [T]`` (default: the ``num_records`` record times).
+        """
         drive = self.input_map(images.to(self.t_eval.dtype))
-        v0 = drive.new_zeros(drive.size(0), self.num_nodes)
+        if y0 is None:
+            y0 = drive.new_zeros(drive.size(0), self.num_nodes)
         return solve(
-            self.dynamics, v0, (0.0, cfg["t_end"]), args=(drive,),
-            t_eval=self.t_eval if t_eval is None else t_eval, **self.solver_options,
+            self.dynamics, y0, (0.0, self.config["t_end"]), args=(drive,),
+            t_eval=self.t_eval if t_eval is None else t_eval, **{**self.solver_options, **solve_options},
         )
 
     def forward(self, images: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Circuit experiments (graphode.experiments) against closed-form solutions of tiny circuits.
+"""Circuit experiments (graphode.circuits) against closed-form solutions of tiny circuits.
 
 The workhorse is a linear chain 0 → 1 → 2 → 3 (identity activation, fixed weights
 w01, w12, w23, τ = 0.5, b = 0): its perturbed solutions are known in closed form.
@@ -13,12 +13,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from graphode.dynamics import BoundDynamics, ConnectomeDynamics
-from graphode.experiments import (
+from graphode.circuits import (
     CellTypeResponses,
     Clamp,
     Drive,
-    PulseTrain,
     Recording,
     Silence,
     active_perturbations,
@@ -33,6 +31,7 @@ from graphode.experiments import (
     silence,
     simulate,
 )
+from graphode.dynamics import BoundDynamics, ConnectomeDynamics, Stimulus
 from graphode.solve import solve
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
@@ -256,22 +255,28 @@ def test_poisson_drive_reproducible():
     a = poisson_drive(mask, rate=20.0, t_span=(0.0, 2.0), dt=0.05, seed=3)
     b = poisson_drive(mask, rate=20.0, t_span=(0.0, 2.0), dt=0.05, seed=3)
     c = poisson_drive(mask, rate=20.0, t_span=(0.0, 2.0), dt=0.05, seed=4)
-    assert isinstance(a.current, PulseTrain) and a.current.values.shape == (1, 40, 2)
+    # 40 bins between a zero sample before and after them
+    assert isinstance(a.current, Stimulus) and a.current.values.shape == (1, 42, 2)
+    assert a.current.values[:, [0, -1]].abs().sum() == 0
     assert torch.equal(a.current.values, b.current.values)
     assert not torch.equal(a.current.values, c.current.values)
-    assert float(a.current.values.mean()) == pytest.approx(1.0, abs=0.5)  # rate·dt = 1 per bin
+    assert float(a.current.values[:, 1:-1].mean()) == pytest.approx(1.0, abs=0.5)  # rate·dt = 1 per bin
     # piecewise constant on the grid, zero outside the span
     pt = a.current
-    torch.testing.assert_close(pt(torch.tensor([0.07])), pt.values[:, 1])
+    torch.testing.assert_close(pt(torch.tensor([0.07], dtype=F64)), pt.values[:, 2])
+    torch.testing.assert_close(pt(torch.tensor([0.05], dtype=F64)), pt.values[:, 2])  # a bin starts at its time
     assert pt(torch.tensor([2.5])).abs().sum() == 0 and pt(torch.tensor([-0.1])).abs().sum() == 0
     data, dyn = _chain()
     # (pulses are discontinuities: a loose tolerance keeps the adaptive solver quick)
     loose = dict(rtol=1e-5, atol=1e-7)
     ys = [simulate(dyn, None, t_eval=TS[:3], perturbations=[p], **loose).ys for p in (a, b, c)]
     assert torch.equal(ys[0], ys[1]) and not torch.allclose(ys[0], ys[2])
+    # one pulse train [1, S, K] is shared by every sample of a batch
+    shared = simulate(dyn, None, t_eval=TS[:3], batch_size=2, perturbations=[a], **loose).ys
+    torch.testing.assert_close(shared, ys[0].expand(2, -1, -1), rtol=1e-9, atol=1e-12)
     # per-sample independent pulses
     d = poisson_drive([0], rate=10.0, t_span=(0, 1), dt=0.1, seed=0, batch_size=3)
-    assert d.current.values.shape == (3, 10, 1)
+    assert d.current.values.shape == (3, 12, 1)
     assert simulate(dyn, None, t_eval=TS[:2], batch_size=3, perturbations=[d], **loose).ys.shape == (3, 2, 4)
 
 
@@ -434,12 +439,10 @@ def test_lesion_scan_restores_after_error():
         lesion_scan(dyn, ["A"], bad)
 
 
-def test_the_adjoint_takes_a_pulse_train_argument_and_refuses_learnable_perturbation_values():
-    from graphode.experiments import PulseTrain
-
+def test_the_adjoint_takes_a_piecewise_constant_stimulus_and_refuses_learnable_perturbation_values():
     data, dyn = _chain(bias=0.25, weights="per_edge")
     values = torch.full((1, 3, 4), 0.5, dtype=F64, requires_grad=True)
-    pulses = PulseTrain(values, torch.tensor([0.0, 0.5, 1.0], dtype=F64), 0.5)
+    pulses = Stimulus(values=values, times=torch.tensor([0.0, 0.5, 1.0], dtype=F64), interpolation="constant")
     grads = {}
     for gradient in ("autodiff", "adjoint"):
         values.grad = None
