@@ -32,7 +32,7 @@ from graphode.dynamics import BoundDynamics
 from graphode.flyvis import fly_visual_system
 from graphode.inputs import random_pixels
 from graphode.layer import ConnectomeConv, SparseGraph, available_backends
-from graphode.solve import solve
+from graphode import solve
 from graphode.synthetic import random_connectome
 
 

@@ -44,7 +44,7 @@ def run_case(method: str, T: float, extent: int, batch: int, tol: float, threads
     warnings.filterwarnings("ignore")
     from graphode.dynamics import BoundDynamics
     from graphode.flyvis import fly_visual_system
-    from graphode.solve import solve
+    from graphode import solve
 
     torch.set_num_threads(threads)
     data = fly_visual_system(extent)

@@ -37,8 +37,8 @@ from .layer import (  # noqa: E402
 )
 from .models import ConnectomeClassifier, GraphODEClassifier, build_connectome  # noqa: E402
 from .readout import LinearReadout, PooledReadout  # noqa: E402
-from .solve import Solution, SolverError, solve  # noqa: E402
-from .solvers import Adaptive, Dopri5, Euler, FixedStep, Heun, Tsit5  # noqa: E402
+from ._solve import Solution, solve  # noqa: E402
+from .solvers import Adaptive, Dopri5, Euler, FixedStep, Heun, SolverError, Tsit5  # noqa: E402
 from .synapses import SynapseWeights  # noqa: E402
 from .synthetic import random_connectome  # noqa: E402
 from .transforms import DegreePreservingShuffle  # noqa: E402

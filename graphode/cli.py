@@ -243,7 +243,7 @@ _USAGE_ERRORS = (ValueError, OSError, CheckpointError, DatasetUnavailableError)
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
-    from .solve import SolverError
+    from .solvers import SolverError
 
     return (SolverError, FloatingPointError)
 

@@ -19,7 +19,7 @@ vocabulary of ``num_cell_types`` / ``num_edge_types``). :class:`BoundDynamics` i
 for one fixed connectome (PyG's ``cached=True``): it holds the graph, checks it once, and
 also allows per-synapse and per-neuron parameters, which only make sense for one graph.
 
-Both are :class:`~graphode.field.VectorField` s: :func:`~graphode.solve.solve` calls
+Both are :class:`~graphode.field.VectorField` s: :func:`~graphode.solve` calls
 ``prepare`` once per solve (graph attributes, the stimulus, active perturbations),
 ``derive`` where the gradient method allows (weights ``[E]``, ``τ``, ``b``) and
 ``evaluate`` at every step. Perturbations (:mod:`graphode.circuits`) are data that
@@ -526,11 +526,11 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
         """Time constants per neuron ``[N]`` (``[1]`` when shared)."""
         return self.derive(self.prepare()).tau
 
-    def resting_drive(self) -> Tensor:
+    def neuron_bias(self) -> Tensor:
         """``b`` (plus the node drive) per neuron ``[N]`` (``[1]`` when shared)."""
         return self.derive(self.prepare()).bias
 
-    def weights(self) -> Tensor:
+    def synaptic_weights(self) -> Tensor:
         """Signed synaptic weights ``[E]`` in ``edge_index`` order (perturbations included)."""
         return self.derive(self.prepare()).weights
 

@@ -1,4 +1,4 @@
-"""The protocol between :func:`~graphode.solve.solve` and a vector field.
+"""The protocol between :func:`~graphode.solve` and a vector field.
 
 A solve evaluates its vector field tens of times with the same arguments and the same
 parameters. :class:`VectorField` splits one evaluation into three named steps, so that
@@ -42,7 +42,7 @@ __all__ = ["VectorField", "as_field", "arg_tensors", "detached_args"]
 
 
 class VectorField(nn.Module):
-    """Base class of vector fields solved by :func:`~graphode.solve.solve` (module docs).
+    """Base class of vector fields solved by :func:`~graphode.solve` (module docs).
 
     Shapes: evaluate(t ``[B]``, y ``[B, N]``, inputs, derived) → ``[B, N]``.
     """

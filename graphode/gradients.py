@@ -1,7 +1,7 @@
 """Gradient methods of a solve, as objects: :class:`Autodiff`, :class:`Checkpoint`, :class:`Adjoint`.
 
 Each carries its own options and computes the states at a time grid from a
-:class:`~graphode.field.VectorField`'s prepared inputs (:func:`~graphode.solve.solve` calls
+:class:`~graphode.field.VectorField`'s prepared inputs (:func:`~graphode.solve` calls
 it; torchode's ``AutoDiffAdjoint`` / ``BacksolveAdjoint`` and diffrax's ``adjoint=`` are the
 models):
 

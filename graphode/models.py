@@ -7,7 +7,7 @@ PyG ``Batch`` from a ``DataLoader``), simulated by one graph-agnostic
 :class:`ConnectomeClassifier` is the whole model of a task such as "MNIST through the fly
 visual system": an image is mapped to a drive current per neuron
 (:mod:`graphode.inputs`), the network is simulated from rest with that constant drive
-(:mod:`graphode.dynamics`, :func:`graphode.solve.solve`), ``num_records`` snapshots of the
+(:mod:`graphode.dynamics`, :func:`graphode.solve`), ``num_records`` snapshots of the
 activity are recorded, and a readout (:mod:`graphode.readout`) turns them into logits.
 
 A model is fully described by its config (``to_config`` / ``from_config``), which names the
@@ -28,7 +28,7 @@ from .dynamics import BoundDynamics, ConnectomeDynamics
 from .gradients import Gradient, resolve_gradient
 from .inputs import SparseProjection, hex_retina, random_pixels
 from .readout import LinearReadout, PooledReadout
-from .solve import Solution, solve
+from ._solve import Solution, solve
 from .solvers import Method, resolve_controller, resolve_method
 from .transforms import DegreePreservingShuffle
 
@@ -97,7 +97,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 
 def solver_options(method, controller, gradient, rtol, atol, dt0, checkpoints, max_steps) -> dict[str, Any]:
-    """:func:`~graphode.solve.solve`'s strategies resolved once from names and options:
+    """:func:`~graphode.solve`'s strategies resolved once from names and options:
     ``method``, ``controller``, ``gradient`` objects and ``max_steps``."""
     method = resolve_method(method)
     return dict(
@@ -228,7 +228,7 @@ class GraphODEClassifier(nn.Module):
         num_records: R.
         output_key: the node mask of the neurons read out (all neurons when a graph lacks it).
         method, controller, gradient, rtol, atol, checkpoints, max_steps: the solve's
-            strategies (:func:`~graphode.solve.solve`), names resolved once here.
+            strategies (:func:`~graphode.solve`), names resolved once here.
 
     Shapes:
         forward(batch, stimulus=None) → logits ``[num_graphs, C]`` (``[B · num_graphs, C]``,

@@ -20,7 +20,7 @@ interpolants) with
   (a step that passes an evaluation time).
 
 They are drop-in ``step_method`` objects for ``torchode.AutoDiffAdjoint`` with
-``backprop_through_step_size_control=False`` (as :func:`graphode.solve.solve` runs it): the
+``backprop_through_step_size_control=False`` (as :func:`graphode.solve` runs it): the
 step sizes must be constants to the gradient, since the error estimate and the controller
 record no derivatives. Accepted steps, solutions and gradients equal torchode's up to
 floating-point summation order (tests compare them in float64).

@@ -1,6 +1,6 @@
 """Solver strategies: Runge–Kutta methods and step-size controllers, as objects.
 
-:func:`~graphode.solve.solve` takes a method (``method=Dopri5()``) and a step-size
+:func:`~graphode.solve` takes a method (``method=Dopri5()``) and a step-size
 controller (``controller=Adaptive(rtol=1e-4, atol=1e-4)`` or ``FixedStep(dt=0.02)``), each
 an object carrying its own options, as diffrax's ``diffeqsolve(solver=...,
 stepsize_controller=...)`` does. Names (``method="dopri5"``) are a convenience that
@@ -192,7 +192,7 @@ class SolverError(RuntimeError):
 
 @dataclass
 class SolveStats:
-    """Solver work of one :func:`~graphode.solve.solve` call.
+    """Solver work of one :func:`~graphode.solve` call.
 
     ``n_f_evals``: vector-field evaluations of the forward solve (shared by the batch);
     ``n_steps``/``n_accepted``: the largest per-sample step counts; ``backward_f_evals``:

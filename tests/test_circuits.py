@@ -32,7 +32,7 @@ from graphode.circuits import (
     simulate,
 )
 from graphode.dynamics import BoundDynamics, ConnectomeDynamics, Stimulus
-from graphode.solve import solve
+from graphode import solve
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 

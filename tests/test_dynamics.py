@@ -14,7 +14,7 @@ from torch_geometric.data import Data
 from graphode.dynamics import BoundDynamics, ConnectomeDynamics, Stimulus, as_stimulus
 from graphode.field import VectorField
 from graphode.layer import available_backends
-from graphode.solve import SolverError, solve
+from graphode import SolverError, solve
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 
@@ -143,7 +143,7 @@ def test_fixed_modes_have_no_parameters():
     dyn = BoundDynamics(_random_data(), tau=2.0, tau_mode="fixed", bias=0.4, bias_mode="fixed", weights="fixed")
     assert list(dyn.parameters()) == []
     assert dyn.tau().shape == (1,) and abs(float(dyn.tau()) - 2.0) < 1e-6
-    assert dyn.resting_drive().tolist() == pytest.approx([0.4])
+    assert dyn.neuron_bias().tolist() == pytest.approx([0.4])
 
 
 def test_per_type_without_cell_types_falls_back_to_per_neuron():
@@ -184,7 +184,7 @@ def test_bias_per_type_resting():
     dyn = BoundDynamics(d, bias=0.2, bias_mode="per_type", tau_mode="per_neuron", backend="csr").double()
     with torch.no_grad():
         dyn.bias.copy_(torch.tensor([1.0, 2.0, 3.0]))
-    assert dyn.resting_drive().tolist() == [1.0, 2.0, 1.0, 3.0, 2.0, 3.0]
+    assert dyn.neuron_bias().tolist() == [1.0, 2.0, 1.0, 3.0, 2.0, 3.0]
 
 
 def test_state_shape_and_parameter_errors():
@@ -394,7 +394,7 @@ def test_state_dict_leaves_the_graph_out_and_refuses_another_graph():
         dyn.synapses.theta.add_(0.3)
     same = BoundDynamics(_chain_data(), weights="per_edge", tau=0.5)
     same.load_state_dict(dyn.state_dict())
-    torch.testing.assert_close(same.weights(), dyn.weights())
+    torch.testing.assert_close(same.synaptic_weights(), dyn.synaptic_weights())
 
     rewired = _chain_data()
     rewired.edge_index = torch.tensor([[0, 1, 2], [1, 2, 1]])  # same sizes, one synapse moved

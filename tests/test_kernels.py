@@ -183,7 +183,7 @@ def test_solve_with_fused_kernels_equals_the_torch_path(monkeypatch, gradient):
     from torch_geometric.data import Data
 
     from graphode.dynamics import BoundDynamics
-    from graphode.solve import solve
+    from graphode import solve
     from graphode.solvers import Dopri5
 
     g = torch.Generator().manual_seed(0)

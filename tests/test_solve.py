@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
+from graphode import SolverError, solve
 from graphode.dynamics import BoundDynamics, ConnectomeDynamics, Stimulus
-from graphode.solve import GRADIENTS, SolverError, solve
+from graphode.gradients import GRADIENTS
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 
@@ -343,7 +344,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     import torch
     warnings.filterwarnings("ignore")
     from graphode.dynamics import BoundDynamics
-    from graphode.solve import solve
+    from graphode import solve
     from graphode.synthetic import random_connectome
 
     torch.set_num_threads(1)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..solve import Solution, solve
+from .._solve import Solution, solve
 from ..dynamics import BoundDynamics, Stimulus
 from ..models import ConnectomeClassifier
 from .perturbation import Clamp, Perturbation, _dynamics_of, _evaluate, active_perturbations, perturb

@@ -13,8 +13,8 @@ objects that carry their own options, as in diffrax's ``diffeqsolve``:
 Names are accepted as a convenience and resolved once here: ``method="dopri5"``,
 ``gradient="checkpoint"`` with ``checkpoints=8``, and ``rtol``/``atol``/``dt0`` for the
 controller when none is given. A failed solve (step budget exhausted, step size underflow,
-non-finite state) raises :class:`SolverError` naming the status and the samples, never
-returns garbage.
+non-finite state) raises :class:`~graphode.solvers.SolverError` naming the status and the
+samples, never returns garbage.
 
 The field is a :class:`~graphode.field.VectorField` (its inputs prepared once per solve, its
 parameters derived where the gradient method allows) or any callable ``f(t, y, *args)``.
@@ -30,15 +30,10 @@ import torch
 from torch import Tensor
 
 from .field import VectorField, as_field
-from .gradients import GRADIENTS, Adjoint, Autodiff, Checkpoint, Gradient, resolve_gradient
-from .solvers import (
-    METHODS, Adaptive, FixedStep, Method, SolverConfig, SolverError, SolveStats, resolve_controller, resolve_method,
-)
+from .gradients import Autodiff, Gradient, resolve_gradient
+from .solvers import Adaptive, FixedStep, Method, SolverConfig, SolveStats, resolve_controller, resolve_method
 
-__all__ = [
-    "solve", "Solution", "SolveStats", "SolverError", "METHODS", "GRADIENTS",
-    "Autodiff", "Checkpoint", "Adjoint", "Adaptive", "FixedStep",
-]
+__all__ = ["solve", "Solution"]
 
 
 @dataclass
