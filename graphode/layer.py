@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
+
+from ._activations import ACTIVATIONS
 
 # graphode builds CSR tensors on every call; torch warns once that CSR support is "beta".
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -67,15 +68,6 @@ __all__ = [
     "AutoBackend",
     "resolve_backend",
 ]
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "relu": F.relu,
-    "softplus": F.softplus,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "identity": lambda v: v,
-}
-
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

@@ -610,12 +610,10 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_curves(path: Path, history: list[dict[str, Any]], steps: list[dict[str, Any]]) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="tight")
+    ax_loss, ax_acc = fig.subplots(1, 2)
     x = [s["step"] for s in steps]
     window = max(1, len(steps) // 50)
     smooth = lambda v: [sum(v[max(0, i - window + 1) : i + 1]) / len(v[max(0, i - window + 1) : i + 1]) for i in range(len(v))]  # noqa: E731
@@ -632,9 +630,7 @@ def plot_curves(path: Path, history: list[dict[str, Any]], steps: list[dict[str,
     for ax in (ax_loss, ax_acc):
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    plt.close(fig)
 
 
 # -- ablations -------------------------------------------------------------------------------
@@ -676,17 +672,13 @@ def ablate(cfg: TrainConfig, variants: tuple[str, ...] = tuple(ABLATIONS)) -> li
 
 
 def _plot_ablation(path: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = Figure(figsize=(5, 3.5), layout="tight")
+    ax = fig.add_subplot(1, 1, 1)
     ax.bar([r["variant"] for r in rows], [r["test_accuracy"] for r in rows], color=["C0", "C1", "C2"][: len(rows)])
     ax.axhline(0.1, color="grey", ls=":", label="chance")
     ax.set(ylabel="test accuracy", ylim=(0, 1), title="connectome ablations")
     for i, r in enumerate(rows):
         ax.text(i, r["test_accuracy"] + 0.02, f"{r['test_accuracy']:.3f}", ha="center")
-    fig.tight_layout()
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-    plt.close(fig)

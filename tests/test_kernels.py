@@ -13,7 +13,7 @@ import torch
 
 import graphode.kernels as kernels
 from graphode.flyvis import fly_visual_system
-from graphode.layer import ConnectomeConv, SparseGraph, available_backends
+from graphode.layer import ACTIVATIONS, ConnectomeConv, SparseGraph, available_backends
 from graphode.synapses import SynapseWeights
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
@@ -33,7 +33,7 @@ def _graph(n, e, seed):
     return edge_index, w
 
 
-@pytest.mark.parametrize("activation", sorted(kernels.KERNEL_ACTIVATIONS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("b", [3, 300])  # 300 > one 256-column block: the block loops run twice
 def test_kernels_match_dense_reference(activation, b, dense, ref_act):
     n = 9
@@ -124,7 +124,7 @@ def test_compiled_kernels_on_cuda_equal_csr():
     w = SynapseWeights.from_data(data, mode="per_edge").of(data).detach().cuda()
     ei = data.edge_index.cuda()
     x = torch.randn(data.num_nodes, 300, device="cuda")
-    for activation in sorted(kernels.KERNEL_ACTIVATIONS):
+    for activation in sorted(ACTIVATIONS):
         res = []
         for backend in ("csr", "triton"):
             xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
