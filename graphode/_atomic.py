@@ -36,8 +36,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 def _temp_pattern(name: str) -> re.Pattern[str]:
     # One segment of [A-Za-z0-9_] between the target's name and ".tmp": the names this
-    # module (and tempfile.mkstemp, used by earlier versions) gives, and no other
-    # target's (the temporaries of "a.b" have two segments after ".a.").
+    # module (or tempfile.mkstemp) gives, and no other target's (the temporaries of "a.b"
+    # have two segments after ".a.").
     return re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]+\.tmp")
 
 

@@ -30,11 +30,7 @@ def fingerprint(tensors: dict[str, Tensor]) -> Tensor:
 
 class GraphTensors(nn.Module):
     """Mixin: :meth:`register_graph` keeps tensors as non-persistent buffers plus a
-    persistent fingerprint; loading a state saved on another graph raises.
-
-    States written before graph tensors were left out (they hold the tensors themselves)
-    still load: the saved tensors are compared with the module's and then dropped.
-    """
+    persistent fingerprint; loading a state saved on another graph raises."""
 
     def register_graph(self, **tensors: Tensor) -> None:
         names = tuple(getattr(self, "_graph_names", ())) + tuple(tensors)
@@ -46,13 +42,6 @@ class GraphTensors(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         names = getattr(self, "_graph_names", ())
         where = prefix[:-1] or type(self).__name__
-        legacy = {n: state_dict.pop(prefix + n) for n in names if prefix + n in state_dict}
-        if legacy:
-            for name, saved in legacy.items():
-                mine = getattr(self, name)
-                if saved.shape != mine.shape or not torch.equal(saved.to(mine.device, mine.dtype), mine):
-                    error_msgs.append(f"{where}: the state was saved on a different connectome ({name} differs)")
-            state_dict.setdefault(prefix + FINGERPRINT, getattr(self, FINGERPRINT))
         saved_print = state_dict.get(prefix + FINGERPRINT)
         if saved_print is not None and not torch.equal(saved_print.cpu(), getattr(self, FINGERPRINT).cpu()):
             error_msgs.append(

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-__all__ = ["DistributedContext", "all_reduce_sum", "all_reduce_max", "is_distributed"]
+__all__ = ["DistributedContext", "all_reduce_sum", "all_reduce_max"]
 
 
 @dataclass
@@ -95,11 +95,6 @@ class DistributedContext:
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-
-
-def is_distributed() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return torch_dist.is_available() and torch_dist.is_initialized() and torch_dist.get_world_size() > 1
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

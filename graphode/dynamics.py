@@ -95,8 +95,6 @@ class Stimulus:
 
     def with_tensors(self, tensors) -> "Stimulus":
         """The same stimulus reading ``tensors`` (as :meth:`tensors` lists them)."""
-        if self.values is None:
-            return self
         return Stimulus(values=tensors[0], times=self.times, interpolation=self.interpolation)
 
     def __call__(self, t: Tensor) -> Tensor:

@@ -74,7 +74,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "readout": "pooled",  # pooled | linear
     "aggr": "mean",
     # Encode each cell type's mean activity level, which the readout's normalisation removes
-    # (see PooledReadout); off by default so that models saved before it existed rebuild.
+    # (see PooledReadout).
     "keep_group_mean": False,
     "hidden": 512,
     "num_records": 4,

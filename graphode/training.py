@@ -321,7 +321,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise CheckpointError(
             f"{path} is not a graphode training checkpoint of format {CHECKPOINT_FORMAT!r} (found {found!r}); "
-            "files written before checkpoints carried a checksum cannot be verified: train again in a new out_dir"
+            "only files written by save_checkpoint carry the checksum it verifies: train again in a new out_dir"
         )
     state = {k: v for k, v in blob.items() if k not in _INTEGRITY_KEYS}
     stored = blob.get("sha256")
@@ -634,26 +634,24 @@ def plot_curves(path: Path, history: list[dict[str, Any]], steps: list[dict[str,
 
 
 # -- ablations -------------------------------------------------------------------------------
-ABLATIONS = {
-    "connectome": {},
-    "shuffled": {"shuffle": True},
-    "no_recurrence": {"recurrent": False},
-}
+#: The variants :func:`ablate` trains: the connectome itself, a degree-preserving shuffle of
+#: it (seeded by the run's seed), and the connectome without recurrent connections.
+ABLATIONS = ("connectome", "shuffled", "no_recurrence")
 
 
-def ablate(cfg: TrainConfig, variants: tuple[str, ...] = tuple(ABLATIONS)) -> list[dict[str, Any]]:
+def ablate(cfg: TrainConfig, variants: tuple[str, ...] = ABLATIONS) -> list[dict[str, Any]]:
     """Train the same model on the real connectome, a degree-preserving shuffle of it, and
     without recurrent connections; write ``ablation.md``/``ablation.json``/``ablation.png``."""
     rows = []
     for name in variants:
         if name not in ABLATIONS:
-            raise ValueError(f"unknown ablation {name!r}; choose from {sorted(ABLATIONS)}")
+            raise ValueError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
         model = dict(cfg.model)
-        conn = dict(cfg.model_config()["connectome"])
-        if ABLATIONS[name].get("shuffle"):
-            conn["shuffle"] = cfg.seed
-        model["connectome"] = conn
-        model["recurrent"] = ABLATIONS[name].get("recurrent", model.get("recurrent", True))
+        model["connectome"] = dict(cfg.model_config()["connectome"])
+        if name == "shuffled":
+            model["connectome"]["shuffle"] = cfg.seed
+        if name == "no_recurrence":
+            model["recurrent"] = False
         sub = TrainConfig(**{**asdict(cfg), "model": model, "out_dir": str(Path(cfg.out_dir) / name)})
         result = train(sub)
         rows.append({"variant": name, **result["final"]})

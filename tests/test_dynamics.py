@@ -406,17 +406,6 @@ def test_state_dict_leaves_the_graph_out_and_refuses_another_graph():
         BoundDynamics(resigned, weights="per_edge", tau=0.5).load_state_dict(state)
 
 
-def test_state_dict_with_the_graph_inside_still_loads():
-    # States written before graph tensors were left out hold them; they are checked, then dropped.
-    dyn = BoundDynamics(_chain_data(), weights="per_edge", tau=0.5)
-    legacy = {k: v for k, v in dyn.state_dict().items() if not k.endswith("graph_fingerprint")}
-    legacy.update({"edge_index": dyn.edge_index, "sign": dyn.sign})
-    BoundDynamics(_chain_data(), weights="per_edge", tau=0.5).load_state_dict(legacy)
-    legacy["edge_index"] = torch.tensor([[0, 1, 2], [1, 2, 1]])
-    with pytest.raises(RuntimeError, match="edge_index differs"):
-        BoundDynamics(_chain_data(), weights="per_edge", tau=0.5).load_state_dict(legacy)
-
-
 # ---------------------------------------------------------------------------------------
 # parameters computed once per solve
 # ---------------------------------------------------------------------------------------
