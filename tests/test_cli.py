@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from graphode.cli import build_parser, main
+from graphode.flyvis import fly_visual_system
 from graphode.training import RESUME_FREE_MODEL_OPTIONS, RESUME_FREE_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,3 +152,16 @@ def test_help_documents_resume_and_what_may_differ(capsys):
         flag = "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
         if flag in flags and not name.startswith("resume"):
             assert flag in resume_help, flag
+
+
+def test_cli_train_and_info(tmp_path, capsys):
+    assert main(["info", "--extent", "1"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["neurons"] == fly_visual_system(1).num_nodes
+    code = main(["train", "--extent", "1", "--dataset", "synthetic", "--train-limit", "32", "--test-limit", "16",
+                     "--batch-size", "16", "--no-progress", "--out-dir", str(tmp_path)])
+    assert code == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--gradient", "magic"])

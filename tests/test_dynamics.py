@@ -11,10 +11,10 @@ from torch import nn
 from torch.func import functional_call
 from torch_geometric.data import Data
 
-from graphode.dynamics import BoundDynamics, ConnectomeDynamics, Stimulus, as_stimulus
+from graphode import solve
+from graphode.dynamics import BoundDynamics, Stimulus, as_stimulus
 from graphode.field import VectorField
 from graphode.layer import available_backends
-from graphode import SolverError, solve
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("single_thread")]
 
@@ -480,3 +480,12 @@ def test_parameters_derived_once_per_solve_give_the_same_solution_and_gradients(
     with torch.no_grad():
         solve(counting, y0, (0.0, 1.0), args=(u,), gradient=gradient, checkpoints=2, method="heun", dt0=0.05)
     assert counting.derivations == 1
+
+
+def test_dynamics_refuse_non_finite_or_sign_flipping_options():
+    from graphode.synthetic import random_connectome
+
+    data = random_connectome(10, 30, seed=0)
+    for kw, match in ((dict(tau=float("nan")), "tau"), (dict(bias=float("inf")), "bias"), (dict(gain=-1.0), "gain")):
+        with pytest.raises(ValueError, match=match):
+            BoundDynamics(data, **kw)

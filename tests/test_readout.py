@@ -1,5 +1,6 @@
-"""PooledReadout's keep_group_mean option: the blind spot of a linear pool over normalised
-activity without positions, and the extra features that remove it."""
+"""Readouts against manual pooling and PyG aggregation; PooledReadout's keep_group_mean option:
+the blind spot of a linear pool over normalised activity without positions, and the extra
+features that remove it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,98 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from graphode.models import DEFAULT_CONFIG, ConnectomeClassifier
-from graphode.readout import CellTypeNorm, PooledReadout
+from graphode.readout import CellTypeNorm, LinearReadout, PooledReadout
 
 F64 = torch.float64
+
+
+def test_cell_type_norm_per_sample_and_group():
+    a = torch.tensor([[[1.0], [3.0], [10.0], [10.0]]])  # B=1, M=4, R=1
+    group = torch.tensor([0, 0, 1, 1])
+    out = CellTypeNorm(eps=1e-12)(a, group, 2)
+    torch.testing.assert_close(out[0, :2, 0], torch.tensor([-1.0, 1.0]))
+    assert bool((out[0, 2:] == 0).all())  # no spatial variation: nothing left
+
+
+@pytest.mark.parametrize("aggr", ["sum", "mean"])
+def test_pooled_readout_equals_manual_pooling(aggr):
+    torch.manual_seed(0)
+    b, r, n = 3, 2, 12
+    states = torch.randn(b, r, n, dtype=torch.float64)
+    out_mask = torch.tensor([False, True] * 6)
+    cell_type = torch.arange(n) % 3
+    pos = torch.randn(n, 2, dtype=torch.float64)
+    ro = PooledReadout(r, 4, 3, hidden=5, aggr=aggr).double()
+    idx = torch.nonzero(out_mask).flatten()
+    h = ro.encode(states[:, :, idx].transpose(1, 2), cell_type[idx], pos[idx])  # [B, M, H]
+    pooled = torch.stack([sum(h[bb, m] for m in range(len(idx))) for bb in range(b)])
+    if aggr == "mean":
+        pooled = pooled / len(idx)
+    torch.testing.assert_close(ro(states, out_mask, cell_type, pos), ro.head(pooled))
+
+
+@pytest.mark.parametrize("aggr", ["sum", "mean"])
+@pytest.mark.parametrize("keep_group_mean", [False, True])
+def test_contracted_pool_has_the_gradients_of_pyg_aggregation(aggr, keep_group_mean):
+    """The single-graph sum/mean pool is computed by contraction; its values and gradients
+    (to the states and every parameter) equal encode() + the PyG aggregation module."""
+    torch.manual_seed(2)
+    b, r, n = 4, 3, 20
+    states = torch.randn(b, r, n, dtype=torch.float64, requires_grad=True)
+    out_mask = torch.rand(n) < 0.8
+    cell_type = torch.arange(n) % 4
+    pos = torch.randn(n, 2, dtype=torch.float64)
+    ro = PooledReadout(r, 3, 4, hidden=6, aggr=aggr, keep_group_mean=keep_group_mean).double()
+    weights = torch.randn(b, 3, dtype=torch.float64)
+
+    def generic():
+        idx = torch.nonzero(out_mask).flatten()
+        h = ro.encode(states[:, :, idx].transpose(1, 2), cell_type[idx], pos[idx])
+        return ro.head(ro.aggr(h, index=torch.zeros_like(idx), dim_size=1, dim=1).squeeze(1))
+
+    def grads(fn):
+        ro.zero_grad()
+        states.grad = None
+        out = fn()
+        (out * weights).sum().backward()
+        return out.detach(), [states.grad.clone()] + [p.grad.clone() for p in ro.parameters()]
+
+    out_fast, g_fast = grads(lambda: ro(states, out_mask, cell_type, pos))
+    out_ref, g_ref = grads(generic)
+    torch.testing.assert_close(out_fast, out_ref)
+    for got, want in zip(g_fast, g_ref):
+        torch.testing.assert_close(got, want)
+
+
+def test_pooled_readout_on_a_batch_of_graphs_equals_each_graph():
+    torch.manual_seed(1)
+    ro = PooledReadout(2, 3, 4, hidden=6, aggr="sum").double()
+    graphs = []
+    for n in (7, 9):
+        graphs.append(Data(num_nodes=n, cell_type=torch.arange(n) % 4, pos=torch.randn(n, 2, dtype=torch.float64),
+                           output_mask=torch.rand(n) < 0.7))
+    batch = Batch.from_data_list(graphs)
+    states = torch.randn(2, 2, batch.num_nodes, dtype=torch.float64)
+    joint = ro(states, batch.output_mask, batch.cell_type, batch.pos, batch=batch.batch, num_graphs=2).view(2, 2, 3)
+    # positions are scaled by the largest coordinate of the input: give each graph the same scale
+    start = 0
+    for g, d in enumerate(graphs):
+        sl = slice(start, start + d.num_nodes)
+        ref = ro(states[:, :, sl], d.output_mask, d.cell_type, d.pos * 0 + batch.pos[sl])
+        if not torch.allclose(batch.pos.abs().max(), d.pos.abs().max()):
+            start += d.num_nodes
+            continue  # Fourier scaling differs for the graph without the largest coordinate
+        torch.testing.assert_close(joint[:, g], ref)
+        start += d.num_nodes
+
+
+def test_linear_readout_uses_final_state():
+    ro = LinearReadout(6, 3)
+    s = torch.randn(2, 4, 6)
+    s2 = s.clone()
+    s2[:, :-1] = 0
+    ro.eval()
+    torch.testing.assert_close(ro(s), ro(s2))
 
 
 def _readout(keep_group_mean: bool, aggr: str = "mean") -> PooledReadout:
@@ -102,20 +191,3 @@ def test_group_features_by_hand():
     torch.testing.assert_close(ro.encode(activity, cell_type, None)[0], h)
     states = activity.transpose(1, 2)  # [B, R, N]
     torch.testing.assert_close(ro(states, torch.ones(3, dtype=torch.bool), cell_type)[0], ro.head(h.mean(0)))
-
-
-def test_classifier_passes_keep_group_mean_and_old_configs_load():
-    spec = {"name": "random", "num_nodes": 40, "num_edges": 160, "seed": 0}
-    common = dict(connectome=spec, input="random", image_size=(4, 4), num_records=2, hidden=8, backend="pyg")
-    model = ConnectomeClassifier.from_config({**common, "keep_group_mean": True})
-    assert model.readout.keep_group_mean and model.readout.activity.in_features == 6
-    cfg = model.to_config()
-    assert cfg["keep_group_mean"] is True
-    assert ConnectomeClassifier.from_config(cfg).to_config() == cfg
-
-    # a config written before the key existed: the default (off) applies, with its warning
-    old = {k: v for k, v in {**DEFAULT_CONFIG, **common}.items() if k != "keep_group_mean"}
-    with pytest.warns(UserWarning, match="keep_group_mean"):
-        model = ConnectomeClassifier.from_config(old)
-    assert not model.readout.keep_group_mean and model.readout.activity.in_features == 2
-    assert model.to_config()["keep_group_mean"] is False
