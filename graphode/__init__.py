@@ -9,7 +9,9 @@ The public API in one import::
     from graphode import fly_visual_system, ConnectomeDynamics, BoundDynamics, solve
 
 ``ConnectomeDynamics`` takes the graph at every call (any ``Data`` or ``Batch``);
-``BoundDynamics`` holds one connectome and allows per-synapse parameters.
+``BoundDynamics`` holds one connectome and allows per-synapse parameters. Circuit
+experiments (select, silence, clamp, drive and record neurons; lesion scans) are in
+:mod:`graphode.circuits`.
 """
 
 import warnings as _warnings
@@ -33,7 +35,7 @@ from .flyvis import fly_visual_system  # noqa: E402
 from .inputs import NodeDrive, SparseProjection, hex_retina, random_pixels  # noqa: E402
 from .layer import (  # noqa: E402
     AutoBackend, Backend, ConnectomeConv, CSRBackend, PygBackend, SparseGraph, SparseTensorBackend,
-    TorchScatterBackend, TritonBackend, available_backends, resolve_backend,
+    TorchScatterBackend, TritonBackend, available_backends,
 )
 from .models import ConnectomeClassifier, GraphODEClassifier, build_connectome  # noqa: E402
 from .readout import LinearReadout, PooledReadout  # noqa: E402
@@ -56,7 +58,6 @@ __all__ = [
     "SparseTensorBackend",
     "TorchScatterBackend",
     "TritonBackend",
-    "resolve_backend",
     "BoundDynamics",
     "Checkpoint",
     "Dopri5",

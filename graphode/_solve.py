@@ -38,7 +38,11 @@ __all__ = ["solve", "Solution"]
 
 @dataclass
 class Solution:
-    """``ts [T]`` evaluation times, ``ys [B, T, N]`` states, ``stats`` solver work."""
+    """``ts [T]`` evaluation times, ``ys [B, T, N]`` states, ``stats`` solver work.
+
+    Shapes:
+        ts ``[T]``, ys ``[B, T, N]``, y_final ``[B, N]``.
+    """
 
     ts: Tensor
     ys: Tensor
@@ -94,6 +98,9 @@ def solve(
 
     Returns:
         :class:`Solution` with ``ys [B, T, N]``.
+
+    Shapes:
+        y0 ``[B, N]``, t_eval ``[T]`` → ``Solution`` with ``ys [B, T, N]``.
     """
     method = resolve_method(method)
     controller = resolve_controller(method, controller, rtol, atol, dt0)

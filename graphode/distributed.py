@@ -32,7 +32,11 @@ __all__ = ["DistributedContext", "all_reduce_sum", "all_reduce_max"]
 
 @dataclass
 class DistributedContext:
-    """Rank, world size and device of this process; ``enabled`` when world size > 1."""
+    """Rank, world size and device of this process; ``enabled`` when world size > 1.
+
+    Shapes:
+        each process takes ``batch_size / world_size`` samples of every global batch.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -98,7 +102,11 @@ class DistributedContext:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over all processes (a no-op without a process group); not differentiable."""
+    """Sum ``t`` over all processes (a no-op without a process group); not differentiable.
+
+    Shapes:
+        ``t`` of any shape → the same shape.
+    """
     if torch_dist.is_available() and torch_dist.is_initialized():
         t = t.clone(memory_format=torch.contiguous_format)
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
@@ -106,7 +114,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """Element-wise maximum of ``t`` over all processes (a no-op without a process group)."""
+    """Element-wise maximum of ``t`` over all processes (a no-op without a process group).
+
+    Shapes:
+        ``t`` of any shape → the same shape.
+    """
     if torch_dist.is_available() and torch_dist.is_initialized():
         t = t.clone(memory_format=torch.contiguous_format)
         torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["VectorField", "as_field", "arg_tensors", "detached_args"]
+__all__ = ["VectorField"]
 
 
 class VectorField(nn.Module):

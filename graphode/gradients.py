@@ -44,7 +44,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .field import VectorField, detached_args
 from .solvers import FixedStep, SolverConfig, SolveStats, integrate
 
-__all__ = ["Gradient", "Autodiff", "Checkpoint", "Adjoint", "GRADIENTS", "resolve_gradient"]
+__all__ = ["Gradient", "Autodiff", "Checkpoint", "Adjoint", "GRADIENTS"]
 
 
 class Gradient:
@@ -55,6 +55,10 @@ class Gradient:
     inputs from ``args`` once and derives its parameters where the method allows. ``grid``
     holds ``t_span``'s ends, the evaluation times and, for the segmented methods, the
     segment boundaries (:meth:`grid`); a method may stop at more times than these.
+
+    Shapes:
+        states: y0 ``[B, N]`` and grid ``[K]`` → the times stopped at ``[M]`` and the
+        states there ``[B, M, N]``.
     """
 
     name = ""
@@ -79,7 +83,11 @@ def _segments(segments: int) -> int:
 
 
 class Autodiff(Gradient):
-    """Backpropagation through every step (see the module docs)."""
+    """Backpropagation through every step (see the module docs).
+
+    Shapes:
+        as :class:`Gradient`.
+    """
 
     name = "autodiff"
 
@@ -98,6 +106,9 @@ class Checkpoint(Gradient):
     Args:
         segments: how many equal segments ``t_span`` is cut into (evaluation times add
             boundaries).
+
+    Shapes:
+        as :class:`Gradient`; one ``[B, N]`` state kept per segment boundary.
     """
 
     name = "checkpoint"
@@ -162,6 +173,9 @@ class Adjoint(Gradient):
         segments: the least number of equal segments ``t_span`` is cut into.
         max_segment: the longest segment in units of the field's time scale (None: only
             ``segments``; also for a field without a time scale).
+
+    Shapes:
+        as :class:`Gradient`; one ``[B, N]`` state kept per segment boundary.
     """
 
     name = "adjoint"

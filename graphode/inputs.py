@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SparseProjection", "NodeDrive", "hex_retina", "random_pixels", "retina_pixel_coordinates"]
+__all__ = ["SparseProjection", "NodeDrive", "hex_retina", "random_pixels"]
 
 
 class SparseProjection(nn.Module):

@@ -47,11 +47,7 @@ try:  # triton ships with torch on Linux; keep graphode importable without it
 except ImportError:  # pragma: no cover
     triton = None
 
-__all__ = [
-    "triton_available", "spmm_forward", "spmm_backward", "TritonSpMM",
-    "MAX_TERMS", "combination_supported", "combination_forward", "combination_backward", "FusedCombination",
-    "leaky_supported", "LeakyIntegrator", "fusing",
-]
+__all__ = ["triton_available", "TritonSpMM", "FusedCombination", "LeakyIntegrator"]
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -67,7 +63,11 @@ def fusing(t: Tensor, fuse: bool | None = None) -> bool:
 
 
 def triton_available(device: torch.device | str | None = None) -> bool:
-    """Whether the Triton kernels can run on ``device`` (CUDA, or any device in interpreter mode)."""
+    """Whether the Triton kernels can run on ``device`` (CUDA, or any device in interpreter mode).
+
+    Shapes:
+        no tensors: a device → bool.
+    """
     if triton is None:
         return False
     if interpreting():

@@ -58,7 +58,6 @@ __all__ = [
     "SparseGraph",
     "ACTIVATIONS",
     "available_backends",
-    "BACKENDS",
     "Backend",
     "PygBackend",
     "TorchScatterBackend",

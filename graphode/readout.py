@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import aggr as pyg_aggr
 
-__all__ = ["PooledReadout", "LinearReadout", "CellTypeNorm", "fourier_features"]
+__all__ = ["PooledReadout", "LinearReadout", "CellTypeNorm"]
 
 
 def fourier_features(pos: Tensor, num_frequencies: int) -> Tensor:

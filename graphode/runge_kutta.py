@@ -40,7 +40,7 @@ from torchode.single_step_methods.runge_kutta import ButcherTableau, ERKInterpol
 from . import kernels
 from ._layout import node_major_grad
 
-__all__ = ["Dopri5", "Tsit5", "Heun", "IntegralController", "combine"]
+__all__ = ["Dopri5", "Tsit5", "Heun", "IntegralController"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,9 @@ class Dopri5(_SeparateStages, to.Dopri5):
     The dense output is torchode's ``FourthOrderPolynomialInterpolation.from_k`` written on
     the list of stages: the midpoint is one stage sum (:func:`combine`) where torchode
     stacks the seven stages and contracts them.
+
+    Shapes:
+        torchode's step interface: states ``[B, N]``, times and step sizes ``[B]``.
     """
 
     _MIDPOINT = tuple(to.Dopri5.TABLEAU.b_other[0].tolist())  # the midpoint's stage weights
@@ -154,11 +157,19 @@ class Dopri5(_SeparateStages, to.Dopri5):
 
 
 class Tsit5(_SeparateStages, to.Tsit5):
-    """Tsitouras 5(4) (torchode's tableau and interpolant), stages kept separate."""
+    """Tsitouras 5(4) (torchode's tableau and interpolant), stages kept separate.
+
+    Shapes:
+        as :class:`Dopri5`.
+    """
 
 
 class Heun(_SeparateStages, to.Heun):
-    """Heun's method (torchode's tableau and interpolant), stages kept separate."""
+    """Heun's method (torchode's tableau and interpolant), stages kept separate.
+
+    Shapes:
+        as :class:`Dopri5`.
+    """
 
 
 class IntegralController(to.IntegralController):
@@ -173,6 +184,9 @@ class IntegralController(to.IntegralController):
     (:meth:`next_step`), so that a solve continued from where this one ended (the next
     segment of a checkpointed or adjoint solve) starts with a fitting step instead of
     selecting one afresh.
+
+    Shapes:
+        step sizes ``[B]``, one per sample.
     """
 
     _accepted: tuple[Tensor, Tensor] | None = None

@@ -27,10 +27,7 @@ from torch import Tensor
 from . import runge_kutta as rk
 from ._layout import node_major, node_major_grad
 
-__all__ = [
-    "Method", "Dopri5", "Tsit5", "Heun", "Euler", "Adaptive", "FixedStep", "METHODS",
-    "resolve_method", "resolve_controller", "SolveStats", "SolverError", "integrate",
-]
+__all__ = ["Method", "Dopri5", "Tsit5", "Heun", "Euler", "Adaptive", "FixedStep", "METHODS", "SolveStats", "SolverError"]
 
 STATUS = {
     0: "success",
@@ -47,6 +44,9 @@ class Method:
     Args:
         fuse: kernel-fusion policy of the stage sums: None (on CUDA when Triton is there),
             True (also in Triton's interpreter), False (never).
+
+    Shapes:
+        steps states ``[B, N]`` with one time and step size per sample ``[B]``.
     """
 
     name: str = ""
@@ -68,25 +68,41 @@ class Method:
 
 
 class Dopri5(Method):
-    """Dormand–Prince 5(4), adaptive (the default)."""
+    """Dormand–Prince 5(4), adaptive (the default).
+
+    Shapes:
+        as :class:`Method`.
+    """
 
     name, adaptive, _step_class = "dopri5", True, rk.Dopri5
 
 
 class Tsit5(Method):
-    """Tsitouras 5(4), adaptive."""
+    """Tsitouras 5(4), adaptive.
+
+    Shapes:
+        as :class:`Method`.
+    """
 
     name, adaptive, _step_class = "tsit5", True, rk.Tsit5
 
 
 class Heun(Method):
-    """Heun's method, 2nd order, fixed steps."""
+    """Heun's method, 2nd order, fixed steps.
+
+    Shapes:
+        as :class:`Method`.
+    """
 
     name, adaptive, _step_class = "heun", False, rk.Heun
 
 
 class Euler(Method):
-    """Explicit Euler, 1st order, fixed steps (torchode's; one stage, nothing to fuse)."""
+    """Explicit Euler, 1st order, fixed steps (torchode's; one stage, nothing to fuse).
+
+    Shapes:
+        as :class:`Method`.
+    """
 
     name, adaptive, _step_class = "euler", False, to.Euler
 
@@ -114,7 +130,11 @@ def _positive(name: str, value: float | None, allow_none: bool = False) -> None:
 class Adaptive:
     """Adaptive step sizes (torchode's integral controller): a step is accepted when its
     error estimate is within ``atol + rtol · |y|``; ``dt0`` is the first step (None: chosen
-    by torchode)."""
+    by torchode).
+
+    Shapes:
+        the tolerances apply to every entry of the ``[B, N]`` state; each sample takes its own steps.
+    """
 
     rtol: float = 1e-3
     atol: float = 1e-4
@@ -132,7 +152,11 @@ class Adaptive:
 
 @dataclass(frozen=True)
 class FixedStep:
-    """Fixed steps of ``dt`` (the last step of an interval is shortened to end on it)."""
+    """Fixed steps of ``dt`` (the last step of an interval is shortened to end on it).
+
+    Shapes:
+        one step size ``dt`` for every sample of the ``[B, N]`` state.
+    """
 
     dt: float
 
@@ -173,7 +197,11 @@ def resolve_controller(method: Method, controller: Controller | None = None, rto
 
 
 class SolverError(RuntimeError):
-    """A solve did not reach the end of its interval."""
+    """A solve did not reach the end of its interval.
+
+    Shapes:
+        ``status [B]``: the solver status of each sample (0: reached the end).
+    """
 
     def __init__(self, status: Tensor, context: str, max_steps: int):
         bad = torch.nonzero(status).flatten().tolist()
@@ -198,6 +226,9 @@ class SolveStats:
     ``n_steps``/``n_accepted``: the largest per-sample step counts; ``backward_f_evals``:
     evaluations of the augmented field during the backward pass (``Adjoint``, filled in
     once backward has run) or of the re-solve (``Checkpoint``).
+
+    Shapes:
+        no tensors: counts for the whole batch of ``B`` samples.
     """
 
     method: str

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SynapseWeights", "inverse_softplus", "WEIGHT_MODES"]
+__all__ = ["SynapseWeights", "WEIGHT_MODES"]
 
 _BETA = 20.0
 WEIGHT_MODES = ("per_edge_type", "fixed", "per_edge")

@@ -47,13 +47,17 @@ from .models import DEFAULT_CONFIG, ConnectomeClassifier
 __all__ = [
     "TrainConfig", "LearningRateSchedule", "train", "evaluate", "save_checkpoint", "load_checkpoint", "ablate",
     "check_train_config", "CheckpointError", "ResumeMismatchError", "DatasetUnavailableError", "RESUME_FREE_OPTIONS",
-    "RESUME_FREE_MODEL_OPTIONS", "CHECKPOINT_FORMAT",
+    "RESUME_FREE_MODEL_OPTIONS", "CHECKPOINT_FORMAT", "ABLATIONS",
 ]
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; ``model`` holds :data:`~graphode.models.DEFAULT_CONFIG` overrides."""
+    """Everything a training run needs; ``model`` holds :data:`~graphode.models.DEFAULT_CONFIG` overrides.
+
+    Shapes:
+        images ``[n, 28, 28]`` in batches ``[batch_size, 28, 28]`` (split over the processes).
+    """
 
     model: dict[str, Any] = field(default_factory=dict)
     dataset: str = "mnist"  # mnist | synthetic
@@ -136,7 +140,11 @@ def _device(name: str) -> torch.device:
 
 def check_train_config(cfg: TrainConfig) -> None:
     """Raise a ValueError naming the first out-of-range option of ``cfg`` (model options
-    are checked by the model itself)."""
+    are checked by the model itself).
+
+    Shapes:
+        no tensors.
+    """
     def need(ok: bool, name: str, what: str) -> None:
         if not ok:
             raise ValueError(f"{name} must be {what}, got {getattr(cfg, name)!r}")
@@ -198,6 +206,9 @@ class LearningRateSchedule:
     ``constant``: 1 after the warm-up. ``cosine``: from 1 down to 0 at ``total_steps``
     along half a cosine, after the warm-up. The warm-up rises linearly from ``1/warmup``.
     A class rather than a closure, so that ``LambdaLR.state_dict`` saves it with the run.
+
+    Shapes:
+        step ``k`` (int) → factor (float).
     """
 
     def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0):
@@ -282,6 +293,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     entries of ``state`` plus ``"format"`` (:data:`CHECKPOINT_FORMAT`) and ``"sha256"``, a
     checksum of the content, so ``torch.load(path, weights_only=True)["model"]`` still works.
     The checksum detects damage (a truncated copy, flipped bits), not deliberate tampering.
+
+    Shapes:
+        tensors of any shape, stored dense.
     """
     clash = [k for k in _INTEGRITY_KEYS if k in state]
     if clash:
@@ -303,6 +317,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             tensors and plain data, is not a graphode checkpoint, or its content does not
             match its checksum (it was damaged after it was written). The message names
             the file.
+
+    Shapes:
+        the tensors as saved, on the CPU.
     """
     path = Path(path)
     if not path.is_file():
@@ -381,7 +398,11 @@ def _resume_differences(state: dict[str, Any], cfg: TrainConfig) -> list[tuple[s
 # -- evaluation -----------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: ConnectomeClassifier, loader: DataLoader, device: torch.device) -> dict[str, float]:
-    """Mean cross-entropy and accuracy over ``loader`` (summed across processes when distributed)."""
+    """Mean cross-entropy and accuracy over ``loader`` (summed across processes when distributed).
+
+    Shapes:
+        batches of images ``[B, H, W]`` and labels ``[B]`` → mean loss and accuracy (floats).
+    """
     from .distributed import all_reduce_sum
 
     was_training = model.training
@@ -454,6 +475,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     optimiser moments, step count, RNG state and history come from the checkpoint, the
     requested options apply from there on (learning rates, weight decay and schedule
     included); a model whose parameters do not fit the saved ones still fails.
+
+    Shapes:
+        batches of images ``[B, 28, 28]`` and labels ``[B]``.
     """
     from .distributed import DistributedContext, all_reduce_max, all_reduce_sum
 
@@ -641,7 +665,11 @@ ABLATIONS = ("connectome", "shuffled", "no_recurrence")
 
 def ablate(cfg: TrainConfig, variants: tuple[str, ...] = ABLATIONS) -> list[dict[str, Any]]:
     """Train the same model on the real connectome, a degree-preserving shuffle of it, and
-    without recurrent connections; write ``ablation.md``/``ablation.json``/``ablation.png``."""
+    without recurrent connections; write ``ablation.md``/``ablation.json``/``ablation.png``.
+
+    Shapes:
+        as :func:`train`.
+    """
     rows = []
     for name in variants:
         if name not in ABLATIONS:
