@@ -25,6 +25,9 @@ from .connectome import (  # noqa: E402
     to_networkx,
     to_scipy,
     validate_connectome,
+    build_connectome,
+    random_connectome,
+    DegreePreservingShuffle,
 )
 from .dynamics import BoundDynamics, ConnectomeDynamics, Stimulus  # noqa: E402
 from .field import VectorField  # noqa: E402
@@ -35,13 +38,11 @@ from .layer import (  # noqa: E402
     AutoBackend, Backend, ConnectomeConv, CSRBackend, PygBackend, SparseGraph, SparseTensorBackend,
     TorchScatterBackend, TritonBackend, available_backends, resolve_backend,
 )
-from .models import ConnectomeClassifier, GraphODEClassifier, build_connectome  # noqa: E402
+from .models import ConnectomeClassifier, GraphODEClassifier  # noqa: E402
 from .readout import LinearReadout, PooledReadout  # noqa: E402
 from .solve import Solution, SolverError, solve  # noqa: E402
 from .solvers import Adaptive, Dopri5, Euler, FixedStep, Heun, Tsit5  # noqa: E402
 from .synapses import SynapseWeights  # noqa: E402
-from .synthetic import random_connectome  # noqa: E402
-from .transforms import DegreePreservingShuffle  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -84,10 +84,17 @@ class Stimulus:
             if values.dim() == 3:
                 if times is None or times.dim() != 1 or times.numel() != values.size(1):
                     raise ValueError(f"sampled values [B, S, F] need times [S]; got values {tuple(values.shape)}")
+                if not bool(torch.isfinite(times).all()):
+                    raise ValueError("stimulus times hold NaN or inf")
                 if times.numel() > 1 and not bool((times[1:] > times[:-1]).all()):
                     raise ValueError("stimulus times must be strictly increasing")
             elif values.dim() != 2:
                 raise ValueError(f"stimulus values must be [B, F] or [B, S, F], got {tuple(values.shape)}")
+            if not values.is_floating_point():
+                raise TypeError(f"stimulus values must be floating point, got {values.dtype}: use values.float()")
+            if not bool(torch.isfinite(values).all()):
+                bad = (~torch.isfinite(values)).nonzero()[0].tolist()
+                raise ValueError(f"stimulus values hold NaN or inf (first at index {bad}); a drive must be finite")
         self.values, self.times, self.interpolation, self.fn = values, times, interpolation, fn
 
     def tensors(self) -> tuple[Tensor, ...]:

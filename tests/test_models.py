@@ -14,10 +14,11 @@ from torch_geometric.data import Batch, Data
 from graphode.cli import main as cli_main
 from graphode.flyvis import fly_visual_system
 from graphode.inputs import SparseProjection, hex_retina, random_pixels
-from graphode.models import ConnectomeClassifier, build_connectome
+from graphode.connectome import build_connectome
+from graphode.models import ConnectomeClassifier
 from graphode.readout import CellTypeNorm, LinearReadout, PooledReadout
 from graphode.training import LearningRateSchedule, TrainConfig, ablate, train
-from graphode.transforms import DegreePreservingShuffle
+from graphode.connectome.transforms import DegreePreservingShuffle
 
 
 # -- inputs ------------------------------------------------------------------------------------

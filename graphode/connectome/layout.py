@@ -1,0 +1,181 @@
+"""The connectome layout (the contract the rest of :mod:`graphode` relies on) and its check.
+
+``N`` neurons (nodes), ``E`` connections (edges)::
+
+    edge_index      LongTensor  [2, E]  row 0 = presynaptic (source), row 1 =
+                                        postsynaptic (target): PyG's source->target
+                                        convention.  Sorted by (target, source)
+                                        lexicographically, no duplicate pairs.
+    syn_count       FloatTensor [E]     synapse count (or |weight|), finite, >= 0.
+    sign            FloatTensor [E]     -1. (inhibitory) or +1. (excitatory).
+    syn_weight      FloatTensor [E]     syn_count after ``normalize`` (equal to
+                                        syn_count when ``normalize=None``); always set.
+    edge_type       LongTensor  [E]     only when the node table gives cell types:
+                                        code of the (source type, target type) pair
+    edge_type_names list[str]           ... names like ``"L1->Mi1"``, sorted by pair.
+    num_nodes       int                 set explicitly.
+    cell_type       LongTensor  [N]     codes into ``cell_type_names`` (sorted
+    cell_type_names list[str]           unique names; no type -> ``"unknown"``; all
+                                        ``"unknown"`` without a node table).
+    node_id         LongTensor  [N]     original integer ids (int64), or, when ids
+    node_names      list[str]           are strings, their names instead.
+    input_mask      BoolTensor  [N]     from ``input_types=`` / ``output_types=``;
+    output_mask     BoolTensor  [N]     all False otherwise.
+    <column>        FloatTensor [N]     each numeric extra node-table column
+                    (BoolTensor [N])    (boolean columns stay boolean).  A column
+                                        whose name clashes with a reserved key or a
+                                        ``Data`` attribute (``x``, ``pos``, ``size``,
+                                        ...) is stored as ``node_<column>``.
+                                        Non-numeric extra columns are not stored.
+
+Nodes are relabelled ``0..N-1`` in sorted order of the original ids (numeric order
+for integer ids, Python string order for string ids); :func:`node_index` maps
+original ids to node indices.  Integer ids are kept exactly (64-bit, e.g. FlyWire
+root ids); float ids are accepted only when integral and below 2**53.  If pre or
+post ids are strings, all ids are treated as strings.
+
+Batching: ``torch_geometric.data.Batch.from_data_list`` offsets ``edge_index`` and
+concatenates the edge/node tensors; the per-graph name lists become lists of lists,
+and ``cell_type`` / ``edge_type`` codes stay relative to their own graph's names.
+
+Bad input raises :class:`ConnectomeFormatError` (see :func:`~graphode.connectome.load_connectome`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+
+from ._common import ConnectomeFormatError, _show
+from ._ids import _id_query, _lookup
+
+__all__ = ["validate_connectome", "node_index"]
+
+
+def _check_edge_tensor(data: Data, key: str, dtype: torch.dtype, e: int,
+                       required: bool) -> Tensor | None:
+    if key not in data:
+        if required:
+            raise ConnectomeFormatError(f"graph has no {key!r} attribute "
+                                        f"(expected {dtype} [E={e}])")
+        return None
+    t = data[key]
+    if not isinstance(t, Tensor) or t.dtype != dtype or tuple(t.shape) != (e,):
+        got = (f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor)
+               else type(t).__name__)
+        raise ConnectomeFormatError(f"{key!r} must be {dtype} of shape [E={e}], "
+                                    f"got {got}")
+    return t
+
+
+def _check_node_tensor(data: Data, key: str, dtype: torch.dtype, n: int) -> Tensor | None:
+    if key not in data:
+        return None
+    t = data[key]
+    if not isinstance(t, Tensor) or t.dtype != dtype or tuple(t.shape) != (n,):
+        got = (f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor)
+               else type(t).__name__)
+        raise ConnectomeFormatError(f"{key!r} must be {dtype} of shape [N={n}], "
+                                    f"got {got}")
+    return t
+
+
+def _check_codes(data: Data, key: str, names_key: str) -> None:
+    codes = data[key] if key in data else None
+    if codes is None or isinstance(data, Batch):
+        return  # a Batch holds one name list per graph; codes are per graph
+    names = data[names_key] if names_key in data else None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(s, str) for s in names):
+        raise ConnectomeFormatError(f"{key!r} needs {names_key!r}: a list of str")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
+        raise ConnectomeFormatError(f"{key!r} codes must lie in [0, {len(names)}) "
+                                    f"({names_key} has {len(names)} names)")
+
+
+def validate_connectome(data: Data) -> None:
+    """Raise :class:`ConnectomeFormatError` (a ValueError) unless ``data`` follows the
+    layout of this module's docstring.
+
+    Checks: explicit ``num_nodes`` > 0; ``edge_index`` LongTensor [2, E] in range and
+    sorted by (target, source) without duplicates; ``syn_count`` (finite, >= 0),
+    ``sign`` (+-1) and ``syn_weight`` (finite) FloatTensors [E]; when present,
+    ``edge_type`` LongTensor [E], ``cell_type`` / ``node_id`` LongTensor [N],
+    ``input_mask`` / ``output_mask`` BoolTensor [N], ``node_names`` of length N,
+    and codes within their name lists.  Works on a ``Batch`` of such graphs.
+    """
+    if not isinstance(data, Data):
+        raise ConnectomeFormatError(f"expected a torch_geometric Data, got "
+                                    f"{type(data).__name__}")
+    n = data._store.get("num_nodes")  # the inferred num_nodes would hide a missing one
+    if n is None and isinstance(data, Batch):
+        n = data.num_nodes
+    if not isinstance(n, int) or n <= 0:
+        raise ConnectomeFormatError(f"num_nodes must be set explicitly to an int > 0, "
+                                    f"got {n!r}")
+    ei = data.edge_index if "edge_index" in data else None
+    if not isinstance(ei, Tensor) or ei.dtype != torch.long or ei.dim() != 2 \
+            or ei.size(0) != 2:
+        got = f"{ei.dtype} {list(ei.shape)}" if isinstance(ei, Tensor) else repr(ei)
+        raise ConnectomeFormatError(f"edge_index must be a LongTensor [2, E], got {got}")
+    try:
+        data.validate(raise_on_error=True)
+    except ValueError as err:
+        raise ConnectomeFormatError(str(err)) from err
+    e = ei.size(1)
+    if e:
+        key = ei[1] * n + ei[0]
+        if not bool((key[1:] > key[:-1]).all()):
+            raise ConnectomeFormatError(
+                "edge_index must be sorted by (target, source) without duplicate pairs; "
+                "use torch_geometric.utils.coalesce(edge_index, edge_attr, "
+                "sort_by_row=False) or load_connectome")
+    syn_count = _check_edge_tensor(data, "syn_count", torch.float32, e, True)
+    if not bool(torch.isfinite(syn_count).all()) or bool((syn_count < 0).any()):
+        raise ConnectomeFormatError("syn_count must be finite and >= 0")
+    sign = _check_edge_tensor(data, "sign", torch.float32, e, True)
+    if not bool(((sign == 1) | (sign == -1)).all()):
+        raise ConnectomeFormatError("sign values must be +1. or -1.")
+    syn_weight = _check_edge_tensor(data, "syn_weight", torch.float32, e, False)
+    if syn_weight is None:
+        raise ConnectomeFormatError("graph has no 'syn_weight' attribute; set "
+                                    "data.syn_weight = data.syn_count.clone()")
+    if not bool(torch.isfinite(syn_weight).all()):
+        raise ConnectomeFormatError("syn_weight must be finite")
+    _check_edge_tensor(data, "edge_type", torch.long, e, False)
+    _check_codes(data, "edge_type", "edge_type_names")
+    _check_node_tensor(data, "cell_type", torch.long, n)
+    _check_codes(data, "cell_type", "cell_type_names")
+    _check_node_tensor(data, "node_id", torch.long, n)
+    for key in ("input_mask", "output_mask"):
+        _check_node_tensor(data, key, torch.bool, n)
+    names = data["node_names"] if "node_names" in data else None
+    if names is not None and not isinstance(data, Batch) and len(names) != n:
+        raise ConnectomeFormatError(f"node_names has {len(names)} entries for "
+                                    f"N={n} nodes")
+
+
+def node_index(data: Data, ids: Iterable[Any]) -> Tensor:
+    """Original neuron ids -> node indices, LongTensor [len(ids)].
+
+    Uses ``data.node_id`` (integer ids) or ``data.node_names`` (string ids); raises
+    :class:`ConnectomeFormatError` naming ids that are not in the graph.
+    """
+    if "node_id" in data:
+        known = data.node_id.numpy()
+        wanted = _id_query(ids, True, "query", "node_index")
+    elif "node_names" in data:
+        known = np.array(data.node_names, dtype=object)
+        wanted = _id_query(ids, False, "query", "node_index")
+    else:
+        raise ConnectomeFormatError("graph has neither node_id nor node_names")
+    order = np.argsort(known, kind="stable")
+    pos, found = _lookup(known[order], wanted)
+    if not found.all():
+        raise ConnectomeFormatError(f"node_index: {int((~found).sum())} id(s) not in "
+                                    f"the graph: {_show(wanted[~found])}")
+    return torch.from_numpy(order[pos].astype(np.int64))
+
