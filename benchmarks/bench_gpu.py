@@ -33,7 +33,7 @@ from graphode.flyvis import fly_visual_system
 from graphode.inputs import random_pixels
 from graphode.layer import ConnectomeConv, SparseGraph, available_backends
 from graphode.solve import solve
-from graphode.synthetic import random_connectome
+from graphode.connectome.synthetic import random_connectome
 
 
 def timed(fn, repeats: int = 10, warmup: int = 3) -> float:
