@@ -141,7 +141,17 @@ def test_gap_current_gradient_matches_finite_differences_of_the_field():
         dyn, {**dict(dyn.named_parameters()), "gap_junctions.theta": theta}, (t, v)), (dyn.gap_junctions.theta.detach().clone().requires_grad_(),))
 
 
-def test_two_coupled_neurons_follow_the_closed_form():
+@pytest.mark.parametrize(
+    ("method", "controller", "tol"),
+    [
+        ("dopri5", Adaptive(rtol=1e-11, atol=1e-12), 1e-8),
+        ("tsit5", Adaptive(rtol=1e-11, atol=1e-12), 1e-8),
+        ("heun", FixedStep(1e-3), 2e-5),
+        ("euler", FixedStep(1e-3), 3e-2),
+    ],
+    ids=["dopri5", "tsit5", "heun", "euler"],
+)
+def test_two_coupled_neurons_follow_the_closed_form(method, controller, tol):
     """No synapses: v1 − v2 decays at (1 + 2g)/τ, v1 + v2 at 1/τ."""
     g_val, tau = 0.8, 0.4
     data = Data(
@@ -153,13 +163,13 @@ def test_two_coupled_neurons_follow_the_closed_form():
     assert float(dyn.tau()) == pytest.approx(tau, rel=1e-6)
     tau = float(dyn.tau())  # τ round-trips through a float32 softplus parameter
     v0 = torch.tensor([[1.0, -0.5], [0.3, 2.0]], dtype=F64)
-    ts = torch.tensor([0.1, 0.5, 1.0, 2.0], dtype=F64)
-    sol = solve(dyn, v0, (0.0, 2.0), t_eval=ts, rtol=1e-11, atol=1e-12)
+    ts = torch.tensor([0.1, 0.5, 1.0], dtype=F64)
+    sol = solve(dyn, v0, (0.0, 1.0), t_eval=ts, method=method, controller=controller)
     diff0, sum0 = v0[:, 0] - v0[:, 1], v0[:, 0] + v0[:, 1]
     diff = diff0[:, None] * torch.exp(-(1 + 2 * g_val) * ts / tau)
     total = sum0[:, None] * torch.exp(-ts / tau)
-    torch.testing.assert_close(sol.ys[..., 0] - sol.ys[..., 1], diff, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(sol.ys[..., 0] + sol.ys[..., 1], total, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(sol.ys[..., 0] - sol.ys[..., 1], diff, rtol=tol, atol=tol / 100)
+    torch.testing.assert_close(sol.ys[..., 0] + sol.ys[..., 1], total, rtol=tol, atol=tol / 100)
     # the adjoint's time scale is the fastest rate's: τ / (1 + 2g)
     inputs = dyn.prepare()
     assert dyn.time_scale(inputs, dyn.derive(inputs)) == pytest.approx(tau / (1 + 2 * g_val))
