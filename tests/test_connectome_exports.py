@@ -132,3 +132,62 @@ def test_cell_type_alias_columns_pick_the_first_and_keep_the_rest():
     assert g.cell_type_names == ["KCab", "KCg", "MBON01"]
     assert g.instance_names == ["KCab_R", "KCg_R", "MBON01(y5B'2a)_R"]
     assert np.array_equal(g.instance.numpy(), [0, 1, 2])
+
+
+def celegans_with_gap_junctions() -> pd.DataFrame:
+    # WormWiring-style: one table, a type column; electrical junctions listed in both directions
+    return pd.DataFrame({
+        "source": ["AFDL", "AIYL", "AIYL", "AWCL", "AIYL", "RIAL"],
+        "target": ["AIYL", "AIZL", "AWCL", "AIYL", "RIAL", "AIYL"],
+        "type": ["chemical", "chemical", "electrical", "electrical", "electrical", "electrical"],
+        "syn_count": [25, 10, 3, 3, 2, 2],
+        "nt": ["ACh", "Glu", None, None, None, None],
+    })
+
+
+def dense_gap(g) -> np.ndarray:
+    m = np.zeros((g.num_nodes, g.num_nodes))
+    m[g.gap_index[1].numpy(), g.gap_index[0].numpy()] = g.gap_weight.numpy()
+    return m
+
+
+def test_gap_junctions_from_rows_of_the_edge_table():
+    nodes = pd.DataFrame({"id": ["AFDL", "AIYL", "AIZL", "AWCL", "RIAL"],
+                          "cell_type": ["AFD", "AIY", "AIZ", "AWC", "RIA"]})
+    g, report = load_connectome(celegans_with_gap_junctions(), nodes=nodes, gap_junctions=("type", "electrical"),
+                                nt_signs={"glu": 1}, return_report=True)
+    assert g.num_edges == 2 and by_pair(g, "AFDL", "AIYL") == (25.0, 1.0) and by_pair(g, "AIYL", "AIZL") == (10.0, 1.0)
+    i = dict(zip(["AFDL", "AIYL", "AIZL", "AWCL", "RIAL"], node_index(g, ["AFDL", "AIYL", "AIZL", "AWCL", "RIAL"]).tolist()))
+    want = np.zeros((5, 5))
+    for a, b, w in (("AIYL", "AWCL", 3.0), ("AIYL", "RIAL", 2.0)):
+        want[i[a], i[b]] = want[i[b], i[a]] = w
+    assert np.array_equal(dense_gap(g), want)  # symmetric, each listing counted once
+    assert (report.gap_rows, report.gap_rows_merged, report.gap_junctions) == (4, 2, 2)
+    assert sorted(g.gap_type_names) == ["AIY<->AWC", "AIY<->RIA"]
+    from graphode.connectome import validate_connectome
+
+    validate_connectome(g)  # includes check_gap_junctions
+
+
+def test_gap_junctions_from_their_own_table_and_the_dynamics_read_them():
+    from graphode import BoundDynamics
+
+    chem = {"pre": ["A", "B"], "post": ["B", "C"], "syn_count": [1.0, 2.0]}
+    gaps = pd.DataFrame({"pre": ["A", "C"], "post": ["C", "D"], "conductance": [0.5, 0.25]})
+    g = load_connectome(chem, gap_junctions=gaps, default_sign=1)
+    assert g.node_names == ["A", "B", "C", "D"]  # D only has a gap junction: still a neuron
+    assert dense_gap(g)[0, 2] == 0.5 and dense_gap(g)[3, 2] == 0.25
+    dyn = BoundDynamics(g, weights="fixed", gap_junctions="fixed")
+    v = torch.tensor([[1.0, 0.0, -1.0, 2.0]])
+    out = dyn(torch.zeros(1), v)
+    w = torch.zeros(4, 4)
+    w[g.edge_index[1], g.edge_index[0]] = g.sign * g.syn_weight
+    gm = torch.from_numpy(dense_gap(g)).float()
+    ref = -v + torch.relu(v) @ w.t() + v @ gm.t() - v * gm.sum(1)  # tau = 1, b = 0
+    assert torch.allclose(out, ref / dyn.tau(), atol=1e-6)
+    with pytest.raises(ConnectomeFormatError, match=r"gap junction 'A' <-> 'C' is listed in rows 0, 1 with different"):
+        load_connectome(chem, gap_junctions={"pre": ["A", "C"], "post": ["C", "A"], "weight": [1, 2]}, default_sign=1)
+    with pytest.raises(ConnectomeFormatError, match="row 0: gap junction from neuron 'A' to itself"):
+        load_connectome(chem, gap_junctions={"pre": ["A"], "post": ["A"]}, default_sign=1)
+    with pytest.raises(ConnectomeFormatError, match=r"no row has type == 'EJ'"):
+        load_connectome(celegans_with_gap_junctions(), gap_junctions=("type", "EJ"), default_sign=1)

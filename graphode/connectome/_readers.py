@@ -205,3 +205,58 @@ def _read_nodes(source: Any, node_id: str | None, cell_type: str | None, nt: str
         ct = np.array([None if m else str(v) for v, m in zip(raw, missing)], dtype=object)
     extra = {k: v for k, v in table.columns.items() if k not in (id_c, ct_c)}
     return _Nodes(node_ids, ct, extra, table.name, ct_c, nt_c)
+
+
+# ------------------------------------------------------------------ electrical synapses
+@dataclass
+class _Gaps:
+    """Gap-junction rows (undirected pairs), before relabelling."""
+
+    a: np.ndarray  # [R] ids
+    b: np.ndarray  # [R]
+    weight: np.ndarray  # [R] float64, > 0
+    name: str
+
+
+_GAP_WEIGHT_ALIASES = _WEIGHT_ALIASES + ("conductance",)
+
+
+def _gaps_from_table(table: _Table, int_kind: bool, ids: str) -> _Gaps:
+    """Gap-junction rows: two neuron columns named like an edge list's (``pre``/``post``,
+    ``source``/``target``, ...; the direction carries no meaning) and an optional weight
+    (count or conductance; one junction per row without one)."""
+    src = table.name
+    if table.nrows == 0:
+        _fail(src, "the gap-junction table has no rows (leave gap_junctions= out for none)")
+    a_c = _resolve_column(table, None, _PRE_ALIASES, "pre", True)
+    b_c = _resolve_column(table, None, _POST_ALIASES, "post", True)
+    w_c = _resolve_column(table, None, _GAP_WEIGHT_ALIASES, "weight", False)
+    a = _coerce_ids(_parse_ids(table.columns[a_c], "gap-junction", src, ids), int_kind, "gap-junction", src)
+    b = _coerce_ids(_parse_ids(table.columns[b_c], "gap-junction", src, ids), int_kind, "gap-junction", src)
+    w = (_numeric(table.columns[w_c], w_c, src, "gap-junction weight") if w_c
+         else np.ones(table.nrows, dtype=np.float64))
+    bad = w <= 0
+    if bad.any():
+        row = int(np.argmax(bad))
+        _fail(src, f"row {row}: gap-junction weight {_fmt(w[row])} in column {w_c!r}; weights must be > 0 "
+              "(leave a pair out instead of giving it 0)")
+    loop = a == b
+    if loop.any():
+        row = int(np.argmax(loop))
+        _fail(src, f"row {row}: gap junction from neuron {_fmt(a[row])} to itself; a gap junction joins two "
+              "different neurons")
+    return _Gaps(a, b, w, src)
+
+
+def _split_rows(table: _Table, column: str, value: Any) -> tuple[_Table, _Table]:
+    """The rows of ``table`` whose ``column`` is not / is ``value`` (compared as text)."""
+    if column not in table.columns:
+        _fail(table.name, f"gap_junctions=({column!r}, {value!r}): no column {column!r}; available columns: "
+              f"{list(table.columns)}")
+    mask = np.array([str(v) == str(value) for v in table.columns[column]], dtype=bool)
+    if not mask.any():
+        found = sorted({str(v) for v in table.columns[column]})[:10]
+        _fail(table.name, f"gap_junctions=({column!r}, {value!r}): no row has {column} == {value!r} "
+              f"(values: {found})")
+    pick = lambda m: _Table({k: v[m] for k, v in table.columns.items()}, table.name)  # noqa: E731
+    return pick(~mask), pick(mask)

@@ -19,6 +19,10 @@
                                         ``"unknown"`` without a node table).
     node_id         LongTensor  [N]     original integer ids (int64), or, when ids
     node_names      list[str]           are strings, their names instead.
+    gap_index       LongTensor  [2, G]  electrical synapses (gap junctions), optional:
+    gap_weight      FloatTensor [G]     both directions of every pair, weights > 0 equal
+    gap_type        LongTensor  [G]     for both; codes of the (unordered) cell-type pair
+    gap_type_names  list[str]           ("AIY<->AWC"), with a node table's cell types.
     input_mask      BoolTensor  [N]     from ``input_types=`` / ``output_types=``;
     output_mask     BoolTensor  [N]     all False otherwise.
     <column>        FloatTensor [N]     each numeric extra node-table column
@@ -53,7 +57,7 @@ from torch_geometric.data import Batch, Data
 from ._common import ConnectomeFormatError, _show
 from ._ids import _id_query, _lookup
 
-__all__ = ["validate_connectome", "node_index"]
+__all__ = ["validate_connectome", "node_index", "check_gap_junctions"]
 
 
 def _check_edge_tensor(data: Data, key: str, dtype: torch.dtype, e: int,
@@ -105,7 +109,8 @@ def validate_connectome(data: Data) -> None:
     ``sign`` (+-1) and ``syn_weight`` (finite) FloatTensors [E]; when present,
     ``edge_type`` LongTensor [E], ``cell_type`` / ``node_id`` LongTensor [N],
     ``input_mask`` / ``output_mask`` BoolTensor [N], ``node_names`` of length N,
-    and codes within their name lists.  Works on a ``Batch`` of such graphs.
+    codes within their name lists, and gap junctions (:func:`check_gap_junctions`).  Works
+    on a ``Batch`` of such graphs.
     """
     if not isinstance(data, Data):
         raise ConnectomeFormatError(f"expected a torch_geometric Data, got "
@@ -156,6 +161,10 @@ def validate_connectome(data: Data) -> None:
     if names is not None and not isinstance(data, Batch) and len(names) != n:
         raise ConnectomeFormatError(f"node_names has {len(names)} entries for "
                                     f"N={n} nodes")
+    try:
+        check_gap_junctions(data)
+    except ValueError as err:
+        raise ConnectomeFormatError(str(err)) from err
 
 
 def node_index(data: Data, ids: Iterable[Any]) -> Tensor:
@@ -179,3 +188,118 @@ def node_index(data: Data, ids: Iterable[Any]) -> Tensor:
                                     f"the graph: {_show(wanted[~found])}")
     return torch.from_numpy(order[pos].astype(np.int64))
 
+
+# -- electrical synapses (graphode.gap_junctions reads them) -----------------------------
+_KEYS = ("gap_index", "gap_weight", "gap_type")
+
+
+def _reverse(index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For ``index [2, G]``: the sorted keys ``src·N + dst`` ``[G]``, the order that sorts
+    them ``[G]``, and for each entry the position of its reverse ``(dst, src)`` ``[G]``
+    (-1 where there is none)."""
+    key = index[0] * num_nodes + index[1]
+    order = torch.argsort(key)
+    sorted_key = key[order]
+    rev_key = index[1] * num_nodes + index[0]
+    pos = torch.searchsorted(sorted_key, rev_key).clamp_max(max(key.numel() - 1, 0))
+    found = sorted_key[pos] == rev_key if key.numel() else torch.zeros(0, dtype=torch.bool, device=key.device)
+    rev = torch.where(found, order[pos], torch.full_like(pos, -1))
+    return sorted_key, order, rev
+
+
+def _pair_text(index: Tensor, k: int) -> str:
+    return f"({int(index[0, k])}, {int(index[1, k])})"
+
+
+def check_gap_junctions(graph, where: str = "graph") -> None:
+    """Raise ``ValueError`` unless ``graph``'s gap-junction attributes follow the layout
+    of the module docs; a graph without any of them passes.
+
+    Checks: ``gap_index`` an int64 ``[2, G]`` of node ids in ``[0, N)``, without self
+    pairs or repeated pairs, holding the reverse of every pair; ``gap_weight`` a floating
+    ``[G]``, finite and > 0, equal for both directions; ``gap_type`` (optional) integer
+    codes ``[G]``, ``>= 0`` (and below ``len(gap_type_names)`` for a single graph's names),
+    equal for both directions. The errors name the attribute, the entry and its value.
+
+    Args:
+        graph: a PyG ``Data`` or ``Batch``.
+        where: how the errors name the graph.
+
+    Shapes:
+        graph.gap_index ``[2, G]``, graph.gap_weight ``[G]``, graph.gap_type ``[G]``.
+    """
+    index, weight, types = (getattr(graph, k, None) for k in _KEYS)
+    if index is None:
+        for key, value in (("gap_weight", weight), ("gap_type", types)):
+            if value is not None:
+                raise ValueError(f"{where}.{key} is set but {where}.gap_index is missing: gap junctions need gap_index [2, G]")
+        return
+    n = int(graph.num_nodes)
+    if not isinstance(index, Tensor) or index.dtype != torch.int64 or index.dim() != 2 or index.size(0) != 2:
+        got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, Tensor) else type(index).__name__
+        raise ValueError(f"{where}.gap_index must be an int64 tensor [2, G], got {got}")
+    g = index.size(1)
+    bad = ((index < 0) | (index >= n)).any(0).nonzero()
+    if bad.numel():
+        k = int(bad[0])
+        raise ValueError(f"{where}.gap_index[:, {k}] = {_pair_text(index, k)} holds a node id outside [0, {n})")
+    bad = (index[0] == index[1]).nonzero()
+    if bad.numel():
+        k = int(bad[0])
+        raise ValueError(
+            f"{where}.gap_index[:, {k}] = {_pair_text(index, k)} joins neuron {int(index[0, k])} to itself: "
+            "a gap junction joins two different neurons"
+        )
+    sorted_key, order, rev = _reverse(index, n)
+    repeated = (sorted_key[1:] == sorted_key[:-1]).nonzero()
+    if repeated.numel():
+        first, second = sorted(int(order[int(repeated[0]) + s]) for s in (0, 1))
+        raise ValueError(
+            f"{where}.gap_index[:, {second}] = {_pair_text(index, second)} repeats gap_index[:, {first}]: "
+            "store each direction of a pair once (with the total weight of its junctions)"
+        )
+    missing = (rev < 0).nonzero()
+    if missing.numel():
+        k = int(missing[0])
+        i, j = int(index[0, k]), int(index[1, k])
+        raise ValueError(
+            f"{where}.gap_index[:, {k}] = ({i}, {j}) has no reverse ({j}, {i}): store both directions of every "
+            f"gap junction, e.g. gap_index = torch.cat([pairs, pairs.flip(0)], 1)"
+        )
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"{where} has gap_index but no gap_weight: gap junctions need a weight [G] per entry")
+    if not weight.is_floating_point() or weight.shape != (g,):
+        raise ValueError(f"{where}.gap_weight must be a floating tensor [G] = [{g}], got {weight.dtype} {tuple(weight.shape)}")
+    bad = (~(torch.isfinite(weight) & (weight > 0))).nonzero()
+    if bad.numel():
+        k = int(bad[0])
+        raise ValueError(
+            f"{where}.gap_weight[{k}] = {float(weight[k])} (pair {_pair_text(index, k)}): "
+            "gap junction weights must be finite and > 0"
+        )
+    _check_symmetric(where, "gap_weight", weight, index, rev)
+    if types is not None:
+        if not isinstance(types, Tensor) or types.dtype not in (torch.int64, torch.int32) or types.shape != (g,):
+            got = f"{types.dtype} {tuple(types.shape)}" if isinstance(types, Tensor) else type(types).__name__
+            raise ValueError(f"{where}.gap_type must hold integer codes [G] = [{g}], got {got}")
+        names = getattr(graph, "gap_type_names", None)
+        single = isinstance(names, (list, tuple)) and names and not isinstance(names[0], (list, tuple))
+        hi = len(names) if single else None
+        out = types < 0 if hi is None else (types < 0) | (types >= hi)
+        bad = out.nonzero()
+        if bad.numel():
+            k = int(bad[0])
+            allowed = f"[0, {hi}) (the gap_type_names)" if hi is not None else "non-negative codes"
+            raise ValueError(f"{where}.gap_type[{k}] = {int(types[k])} (pair {_pair_text(index, k)}): allowed are {allowed}")
+        _check_symmetric(where, "gap_type", types, index, rev)
+
+
+def _check_symmetric(where: str, key: str, values: Tensor, index: Tensor, rev: Tensor) -> None:
+    bad = (values != values[rev]).nonzero()
+    if bad.numel():
+        k = int(bad[0])
+        r = int(rev[k])
+        raise ValueError(
+            f"{where}.{key}[{k}] = {values[k].item()} for {_pair_text(index, k)} but {key}[{r}] = {values[r].item()} "
+            f"for {_pair_text(index, r)}: both directions of a gap junction must be equal"
+        )

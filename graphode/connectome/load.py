@@ -26,12 +26,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from torch_geometric.data import Data
 
 from ._columns import _nt_signs, _numeric
 from ._common import _RESERVED_KEYS, ConnectomeFormatError, PathLike, _fail, _show
 from ._ids import ID_KINDS, _id_query, _lookup
-from ._readers import Source, _check_sign_value, _Edges, _Nodes, _read_edges, _read_nodes
+from ._readers import (
+    Source, _check_sign_value, _edges_from_table, _Edges, _Gaps, _gaps_from_table, _Nodes, _read_edges, _read_nodes,
+    _split_rows,
+)
+from ._tables import _read_table
 from .layout import validate_connectome
 
 __all__ = ["load_connectome", "ConnectomeReport"]
@@ -61,6 +66,10 @@ class ConnectomeReport:
     sign_conflicts: int = 0  # of those, connections whose rows disagreed in sign ("max"/"first" chose one)
     sign_source: str | None = None  # where the signs came from
     node_columns: tuple = ()  # node-table columns stored as node attributes
+    gap_rows: int = 0  # gap-junction rows read
+    gap_outside_subset: int = 0  # of those, rows dropped by neurons= / cell_types=
+    gap_rows_merged: int = 0  # rows that listed a pair again (in either direction)
+    gap_junctions: int = 0  # gap-junction pairs kept (2 entries each in gap_index)
 
 
 def _names_to_codes(names: Iterable[str], vocab: Sequence[str], param: str,
@@ -171,11 +180,13 @@ def _subset_mask(uniq: np.ndarray, type_name: np.ndarray, has_types: bool,
     return keep
 
 
-def _assemble(edges: _Edges, nodes: _Nodes | None, opt: _Options
+def _assemble(edges: _Edges, nodes: _Nodes | None, opt: _Options, gaps: _Gaps | None = None
               ) -> tuple[Data, ConnectomeReport]:
     src = edges.name
     rows = len(edges.pre)
     parts = [edges.pre, edges.post]
+    if gaps is not None:
+        parts += [gaps.a, gaps.b]
     if edges.extra_ids is not None:
         parts.append(edges.extra_ids)
     if nodes is not None:
@@ -235,11 +246,57 @@ def _assemble(edges: _Edges, nodes: _Nodes | None, opt: _Options
         data[attr] = torch.from_numpy(np.ascontiguousarray(mask))
         consumed.add(col)
     stored = _set_node_columns(data, nodes, kept_rows, consumed) if nodes is not None else ()
+    gap_counts = (0, 0, 0, 0)
+    if gaps is not None:
+        g = len(gaps.a)
+        a0, b0 = inv[2 * rows:2 * rows + g], inv[2 * rows + g:2 * rows + 2 * g]
+        gap_counts = _set_gap_junctions(data, gaps, keep, new, a0, b0, type_code, vocab if has_types else None,
+                                        opt.duplicates, ids)
     report = ConnectomeReport(src, rows, outside, merged, loops_dropped, below,
                               edges.default_signed, n, len(pre_e), opt.duplicates, pairs, conflicts,
-                              edges.sign_source, stored)
+                              edges.sign_source, stored, *gap_counts)
     _log_report(report, opt.threshold)
     return data, report
+
+
+def _set_gap_junctions(data: Data, gaps: _Gaps, keep: np.ndarray, new: np.ndarray, a0: np.ndarray,
+                       b0: np.ndarray, type_code: np.ndarray, vocab: list[str] | None, policy: str,
+                       ids: np.ndarray) -> tuple[int, int, int, int]:
+    """``gap_index`` (both directions, sorted by (target, source)), ``gap_weight`` and, with cell
+    types, ``gap_type`` codes of the unordered type pair; returns the report's counts.
+
+    Rows naming one pair again (in either direction) with the same weight list it twice (a
+    symmetric listing); with different weights ``duplicates="max"``/``"first"`` choose, anything
+    else is an error naming the pair."""
+    n, src = len(ids), gaps.name
+    inside = keep[a0] & keep[b0]
+    a, b, w = new[a0[inside]], new[b0[inside]], gaps.weight[inside]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    key, first, ginv = np.unique(lo * n + hi, return_index=True, return_inverse=True)
+    wmax = np.full(len(key), -np.inf)
+    np.maximum.at(wmax, ginv, w)
+    wmin = np.full(len(key), np.inf)
+    np.minimum.at(wmin, ginv, w)
+    differ = wmax != wmin
+    if differ.any() and policy not in ("max", "first"):
+        k = int(np.argmax(differ))
+        rows = np.flatnonzero(inside)[ginv == k][:4]
+        _fail(src, f"the gap junction {_show([ids[key[k] // n]])} <-> {_show([ids[key[k] % n]])} is listed in rows "
+              f"{', '.join(map(str, rows))} with different weights ({', '.join(f'{gaps.weight[r]:g}' for r in rows)}); "
+              "pass duplicates='max' or 'first' to keep one, or list each pair once")
+    weight = wmax if policy == "max" else w[first]
+    lo_u, hi_u = key // n, key % n
+    src_i, dst_i = np.concatenate([lo_u, hi_u]), np.concatenate([hi_u, lo_u])
+    order = np.lexsort((src_i, dst_i))
+    data.gap_index = torch.from_numpy(np.stack([src_i[order], dst_i[order]])).long()
+    data.gap_weight = torch.from_numpy(np.concatenate([weight, weight])[order]).float()
+    if vocab is not None:
+        t = len(vocab)
+        ta, tb = type_code[src_i[order]], type_code[dst_i[order]]
+        pair_u, gtype = np.unique(np.minimum(ta, tb) * t + np.maximum(ta, tb), return_inverse=True)
+        data.gap_type = torch.from_numpy(gtype.astype(np.int64))
+        data.gap_type_names = [f"{vocab[p // t]}<->{vocab[p % t]}" for p in pair_u]
+    return len(gaps.a), int((~inside).sum()), int(inside.sum()) - len(key), len(key)
 
 
 def _sign_rows(edges: _Edges, nodes: _Nodes | None, table_row: np.ndarray | None, pre0: np.ndarray,
@@ -394,6 +451,7 @@ def load_connectome(
     nt_signs: Mapping[str, float] | None = None,
     default_sign: float | None = None,
     duplicates: str | None = None,
+    gap_junctions: Any = None,
     threshold: float = 0,
     self_loops: bool = True,
     neurons: Iterable[Any] | None = None,
@@ -459,6 +517,14 @@ def load_connectome(
             once per co-released transmitter: the row with the largest count, or the
             first row, is kept, with a warning where the rows' signs disagree).  The
             report counts the pairs and rows affected.
+        gap_junctions: electrical synapses, as a second edge set (``gap_index``,
+            ``gap_weight``, ``gap_type``: see :mod:`graphode.connectome.layout`): a table
+            of their own (the same tabular forms; two neuron columns named like an
+            edge list's and an optional weight, count or ``conductance``; one row per
+            pair, either direction, or both), or ``(column, value)`` naming the rows of
+            the edge list that are gap junctions (``("type", "EJ")``), the other rows
+            being chemical synapses. ``threshold`` and ``self_loops`` leave them alone;
+            ``neurons=``/``cell_types=`` select them too.
         threshold: drop connections with (merged) syn_count < threshold.
         self_loops: ``False`` drops pre == post connections.
         neurons, cell_types: keep only the subgraph induced by these original ids /
@@ -492,8 +558,21 @@ def load_connectome(
     default_sign = _check_sign_value(default_sign, "default_sign")
     for k, v in (nt_signs or {}).items():
         _check_sign_value(v, f"nt_signs[{k!r}]")
-    edges = _read_edges(source, sep, pre=pre, post=post, weight=weight, sign=sign,
-                        nt=nt, nt_signs=nt_signs, default_sign=default_sign, ids=ids)
+    columns = dict(pre=pre, post=post, weight=weight, sign=sign, nt=nt, nt_signs=nt_signs,
+                   default_sign=default_sign, ids=ids)
+    gap_table = None
+    if isinstance(gap_junctions, tuple):
+        if len(gap_junctions) != 2 or isinstance(source, Tensor):
+            raise ConnectomeFormatError(
+                "gap_junctions=(column, value) names rows of a tabular edge list, e.g. ('type', 'EJ'); "
+                f"got {gap_junctions!r} for a {type(source).__name__} source")
+        chemical, gap_table = _split_rows(_read_table(source, sep, "edge list"), *gap_junctions)
+        edges = _edges_from_table(chemical, **columns)
+    else:
+        edges = _read_edges(source, sep, **columns)
+        if gap_junctions is not None:
+            gap_table = _read_table(gap_junctions, sep, "gap-junction table")
+    gaps = None if gap_table is None else _gaps_from_table(gap_table, edges.pre.dtype != object, ids)
     node_tab = (None if nodes is None else
                 _read_nodes(nodes, node_id, cell_type, node_nt, sep, edges.pre.dtype != object, ids))
     if edges.sign is not None and node_tab is not None and node_tab.nt_column is not None:
@@ -506,7 +585,7 @@ def load_connectome(
         duplicates = "sum" if edges.extra_ids is not None else "error"  # sparse adjacency: entries add up
     opt = _Options(float(threshold), duplicates, self_loops, neurons, cell_types,
                    normalize, input_types, output_types, nt_signs, default_sign)
-    data, report = _assemble(edges, node_tab, opt)
+    data, report = _assemble(edges, node_tab, opt, gaps)
     if report.default_signed:
         logger.info("%s: %d row(s) took default_sign=%+g", report.source,
                     report.default_signed, default_sign)
