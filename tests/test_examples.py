@@ -38,14 +38,14 @@ def assert_pngs(out_dir: Path, *names: str) -> None:
         assert path.stat().st_size > 5_000, f"{path} looks empty"
 
 
-def test_seed_tutorial_mnist_learns(tmp_path):
-    out = run_example("seed_tutorial_mnist.py", tmp_path)
+def test_torch_biopl_tutorial_mnist_learns(tmp_path):
+    out = run_example("torch_biopl_tutorial_mnist.py", tmp_path)
     assert_pngs(tmp_path, "graphode/curves.png")
     for name in ("metrics.csv", "steps.csv", "checkpoint.pt"):
         assert (tmp_path / "graphode" / name).is_file()
     first, last = map(float, re.search(r"first \d+ steps: ([\d.]+)\s+last \d+ steps: ([\d.]+)", out).groups())
     accuracy = float(re.search(r"test accuracy ([\d.]+)", out).group(1))
-    # The seed tutorial stayed at ln 10 = 2.303 and 10 %; graphode must clearly learn.
+    # The torch-biopl tutorial stayed at ln 10 = 2.303 and 10 %; graphode must clearly learn.
     assert first > 2.0 and last < 2.0, out
     assert accuracy > 0.2, out
 

