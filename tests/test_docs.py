@@ -91,7 +91,8 @@ def test_asset_scan_finds_external_urls():
 
 
 def test_docs_build_strict(site):
-    for page in ("index.html", "getting-started/index.html", "api/layer/index.html", "benchmarks/index.html"):
+    for page in ("index.html", "getting-started/index.html", "api/layer/index.html", "benchmarks/index.html",
+                 "contributing/index.html"):
         assert (site / page).is_file(), page
     # the API reference really was generated from the docstrings
     assert "graphode.layer.ConnectomeConv" in (site / "api/layer/index.html").read_text()
