@@ -1,6 +1,6 @@
 """The documentation builds with ``mkdocs build --strict`` and renders with no network.
 
-The site is built once per test session into a temporary folder (skipped where the docs
+The site is built once per test module into a temporary folder (skipped where the docs
 extra is not installed: ``pip install -e ".[docs]"``). Strict mode fails on every broken
 link, anchor or cross-reference. The built pages must load every script and stylesheet from
 the site itself: MathJax ships in ``docs/javascripts/vendor/`` and the theme uses the system
