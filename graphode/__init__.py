@@ -31,6 +31,7 @@ from .connectome import (  # noqa: E402
 )
 from .dynamics import BoundDynamics, ConnectomeDynamics, Stimulus  # noqa: E402
 from .field import VectorField  # noqa: E402
+from .gap_junctions import GapJunctions  # noqa: E402
 from .gradients import Adjoint, Autodiff, Checkpoint  # noqa: E402
 from .flyvis import fly_visual_system  # noqa: E402
 from .inputs import NodeDrive, SparseProjection, hex_retina, random_pixels  # noqa: E402
@@ -63,6 +64,7 @@ __all__ = [
     "Dopri5",
     "Euler",
     "FixedStep",
+    "GapJunctions",
     "GraphODEClassifier",
     "Heun",
     "NodeDrive",
