@@ -116,8 +116,8 @@ def _check_codes(data: Data, key: str, names_key: str) -> None:
     names = data[names_key] if names_key in data else None
     if not isinstance(names, (list, tuple)) or not all(isinstance(s, str) for s in names):
         raise ConnectomeFormatError(f"{key!r} needs {names_key!r}: a list of str")
-    bad = (codes < 0) | (codes >= len(names))
-    if bool(bad.any()):
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
+        bad = (codes < 0) | (codes >= len(names))
         raise ConnectomeFormatError(
             f"{key!r} codes must lie in [0, {len(names)}) ({names_key} has {len(names)} names), got "
             f"{_show(codes[bad].unique().tolist())}: a transform that adds per-connection values "
@@ -127,9 +127,9 @@ def _check_codes(data: Data, key: str, names_key: str) -> None:
 
 
 def _check_sign(sign: Tensor) -> None:
-    bad = (sign != 1) & (sign != -1)
-    if not bool(bad.any()):
+    if bool(((sign == 1) | (sign == -1)).all()):
         return
+    bad = (sign != 1) & (sign != -1)
     values = sign[bad].unique()
     shown = f"{_show(values.tolist())} ({int(bad.sum())} connections)"
     if bool((values == values.round()).all()):
@@ -143,9 +143,9 @@ def _check_sign(sign: Tensor) -> None:
 
 def _check_order(ei: Tensor, n: int) -> None:
     key = ei[1] * n + ei[0]
-    step = key[1:] <= key[:-1]
-    if not bool(step.any()):
+    if bool((key[1:] > key[:-1]).all()):
         return
+    step = key[1:] <= key[:-1]
     i = int(torch.nonzero(step)[0])
     before, after = f"{int(ei[0, i])} -> {int(ei[1, i])}", f"{int(ei[0, i + 1])} -> {int(ei[1, i + 1])}"
     if before == after:
