@@ -27,7 +27,9 @@ from .load import ConnectomeReport, load_connectome
 from .registry import build_connectome, connectome_spec
 from .storage import load_graph, save_graph
 from .synthetic import random_connectome
-from .transforms import DegreePreservingShuffle
+from .transforms import (
+    DegreePreservingShuffle, RemoveIsolatedNeurons, RemoveSelfConnections, SortEdges, Subgraph, Threshold,
+)
 
 __all__ = [
     "ConnectomeFormatError",
@@ -45,6 +47,11 @@ __all__ = [
     "DEFAULT_NT_SIGNS",
     "random_connectome",
     "DegreePreservingShuffle",
+    "Subgraph",
+    "RemoveIsolatedNeurons",
+    "RemoveSelfConnections",
+    "Threshold",
+    "SortEdges",
     "build_connectome",
     "connectome_spec",
 ]

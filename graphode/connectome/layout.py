@@ -60,30 +60,55 @@ from ._ids import _id_query, _lookup
 __all__ = ["validate_connectome", "node_index", "check_gap_junctions"]
 
 
-def _check_edge_tensor(data: Data, key: str, dtype: torch.dtype, e: int,
-                       required: bool) -> Tensor | None:
+# Per-connection and per-neuron attributes whose length the layout fixes (optional ones too).
+_EDGE_KEYS = ("syn_count", "sign", "syn_weight", "edge_type", "edge_weight", "edge_attr")
+_NODE_KEYS = ("cell_type", "node_id", "node_names", "input_mask", "output_mask", "x", "pos")
+
+_EDGES_REMOVED = ("connections were removed from edge_index without it (RemoveSelfLoops, "
+                  "torch_geometric.utils.subgraph, ...); use graphode.connectome.transforms."
+                  "RemoveSelfConnections, Threshold or Subgraph, which drop every per-connection "
+                  "attribute with its connection")
+_EDGES_ADDED = ("connections were added to edge_index without it (AddSelfLoops, ...); the layout "
+                "holds measured connections only (the leak -v of the dynamics already acts on "
+                "each neuron itself): load added connections with their values through "
+                "load_connectome instead")
+_NODES_CHANGED = ("the neurons were changed without it (Data.subgraph, RemoveIsolatedNodes, ... "
+                  "missed this attribute); use graphode.connectome.transforms.Subgraph or "
+                  "RemoveIsolatedNeurons, which carry every per-neuron attribute")
+
+
+def _check_lengths(data: Data, n: int, e: int) -> None:
+    """Raise naming the first layout attribute whose length is not E (per connection) or N
+    (per neuron): the trace a transform leaves when it changes the graph without it."""
+    for keys, size, what, why in ((_EDGE_KEYS, e, "E", "connections"), (_NODE_KEYS, n, "N", "neurons")):
+        for key in keys:
+            value = data[key] if key in data else None
+            if isinstance(value, Tensor) and value.dim() >= 1:
+                length = value.size(0)
+            elif isinstance(value, (list, tuple)) and not isinstance(data, Batch):
+                length = len(value)  # a Batch holds one list per graph
+            else:
+                continue
+            if length != size:
+                hint = (_NODES_CHANGED if what == "N" else
+                        _EDGES_REMOVED if length > size else _EDGES_ADDED)
+                raise ConnectomeFormatError(
+                    f"{key!r} has {length} entries for {what} = {size} {why} (shape [{what}={size}] "
+                    f"expected): {hint}")
+
+
+def _check_tensor(data: Data, key: str, dtype: torch.dtype, size: int, what: str,
+                  required: bool = False) -> Tensor | None:
     if key not in data:
         if required:
             raise ConnectomeFormatError(f"graph has no {key!r} attribute "
-                                        f"(expected {dtype} [E={e}])")
+                                        f"(expected {dtype} [{what}={size}])")
         return None
     t = data[key]
-    if not isinstance(t, Tensor) or t.dtype != dtype or tuple(t.shape) != (e,):
+    if not isinstance(t, Tensor) or t.dtype != dtype or tuple(t.shape) != (size,):
         got = (f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor)
                else type(t).__name__)
-        raise ConnectomeFormatError(f"{key!r} must be {dtype} of shape [E={e}], "
-                                    f"got {got}")
-    return t
-
-
-def _check_node_tensor(data: Data, key: str, dtype: torch.dtype, n: int) -> Tensor | None:
-    if key not in data:
-        return None
-    t = data[key]
-    if not isinstance(t, Tensor) or t.dtype != dtype or tuple(t.shape) != (n,):
-        got = (f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor)
-               else type(t).__name__)
-        raise ConnectomeFormatError(f"{key!r} must be {dtype} of shape [N={n}], "
+        raise ConnectomeFormatError(f"{key!r} must be {dtype} of shape [{what}={size}], "
                                     f"got {got}")
     return t
 
@@ -96,21 +121,71 @@ def _check_codes(data: Data, key: str, names_key: str) -> None:
     if not isinstance(names, (list, tuple)) or not all(isinstance(s, str) for s in names):
         raise ConnectomeFormatError(f"{key!r} needs {names_key!r}: a list of str")
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= len(names)):
-        raise ConnectomeFormatError(f"{key!r} codes must lie in [0, {len(names)}) "
-                                    f"({names_key} has {len(names)} names)")
+        bad = (codes < 0) | (codes >= len(names))
+        raise ConnectomeFormatError(
+            f"{key!r} codes must lie in [0, {len(names)}) ({names_key} has {len(names)} names), got "
+            f"{_show(codes[bad].unique().tolist())}: a transform that adds per-connection values "
+            f"(ToUndirected, coalesce) adds codes too, and Data.subgraph cuts a name list whose "
+            f"length happens to equal N or E; use graphode.connectome.transforms.Subgraph, which "
+            f"keeps or re-codes {names_key}")
+
+
+def _check_sign(sign: Tensor) -> None:
+    if bool(((sign == 1) | (sign == -1)).all()):
+        return
+    bad = (sign != 1) & (sign != -1)
+    values = sign[bad].unique()
+    shown = f"{_show(values.tolist())} ({int(bad.sum())} connections)"
+    if bool((values == values.round()).all()):
+        raise ConnectomeFormatError(
+            f"sign values must be +1. or -1., got summed signs {shown}: ToUndirected (or "
+            "coalesce / RemoveDuplicatedEdges with reduce='add') merges reverse or repeated "
+            "connections and adds their signs and counts. Connectomes are directed: keep the two "
+            "directions as separate connections")
+    raise ConnectomeFormatError(f"sign values must be +1. or -1., got {shown}")
+
+
+def _check_order(ei: Tensor, n: int) -> None:
+    key = ei[1] * n + ei[0]
+    if bool((key[1:] > key[:-1]).all()):
+        return
+    step = key[1:] <= key[:-1]
+    i = int(torch.nonzero(step)[0])
+    before, after = f"{int(ei[0, i])} -> {int(ei[1, i])}", f"{int(ei[0, i + 1])} -> {int(ei[1, i + 1])}"
+    if before == after:
+        raise ConnectomeFormatError(
+            f"edge_index holds the connection {before} twice (positions {i} and {i + 1}): "
+            "the layout has each (source, target) pair once, without duplicate pairs; merge "
+            "repeated rows when loading (load_connectome(..., duplicates='sum'))")
+    raise ConnectomeFormatError(
+        f"edge_index must be sorted by (target, source): connection {after} at position {i + 1} "
+        f"comes after {before}. A transform reordered it: RemoveDuplicatedEdges, ToUndirected "
+        "and coalesce sort by source and move only the attributes they are given (edge_attr, "
+        "edge_weight), which leaves syn_count, sign, ... in the old order. If every "
+        "per-connection attribute moved with edge_index, graphode.connectome.transforms."
+        "SortEdges restores the layout order")
 
 
 def validate_connectome(data: Data) -> None:
     """Raise :class:`ConnectomeFormatError` (a ValueError) unless ``data`` follows the
     layout of this module's docstring.
 
-    Checks: explicit ``num_nodes`` > 0; ``edge_index`` LongTensor [2, E] in range and
-    sorted by (target, source) without duplicates; ``syn_count`` (finite, >= 0),
-    ``sign`` (+-1) and ``syn_weight`` (finite) FloatTensors [E]; when present,
-    ``edge_type`` LongTensor [E], ``cell_type`` / ``node_id`` LongTensor [N],
-    ``input_mask`` / ``output_mask`` BoolTensor [N], ``node_names`` of length N,
-    codes within their name lists, and gap junctions (:func:`check_gap_junctions`).  Works
-    on a ``Batch`` of such graphs.
+    Checks, in this order (so that the first error names the damage a transform did, not
+    its consequences): explicit ``num_nodes`` > 0; ``edge_index`` LongTensor [2, E] in
+    range; the length of every per-connection attribute (``syn_count``, ``sign``,
+    ``syn_weight``, ``edge_type``, ``edge_weight``, ``edge_attr``: E) and per-neuron
+    attribute (``cell_type``, ``node_id``, ``node_names``, ``input_mask``,
+    ``output_mask``, ``x``, ``pos``: N) present; ``syn_count`` (finite, >= 0), ``sign``
+    (+-1) and ``syn_weight`` (finite) FloatTensors [E]; when present, ``edge_type``
+    LongTensor [E], ``cell_type`` / ``node_id`` LongTensor [N], ``input_mask`` /
+    ``output_mask`` BoolTensor [N], codes within their name lists, gap junctions
+    (:func:`check_gap_junctions`); last, ``edge_index`` sorted by (target, source) without
+    duplicates.  Messages name the PyG transform that
+    likely did the damage and the graphode transform to use instead
+    (:mod:`graphode.connectome.transforms`).  Works on a ``Batch`` of such graphs.
+
+    Shapes:
+        data: a graph with ``N`` neurons and ``E`` connections (or a ``Batch`` of them).
     """
     if not isinstance(data, Data):
         raise ConnectomeFormatError(f"expected a torch_geometric Data, got "
@@ -131,40 +206,30 @@ def validate_connectome(data: Data) -> None:
     except ValueError as err:
         raise ConnectomeFormatError(str(err)) from err
     e = ei.size(1)
-    if e:
-        key = ei[1] * n + ei[0]
-        if not bool((key[1:] > key[:-1]).all()):
-            raise ConnectomeFormatError(
-                "edge_index must be sorted by (target, source) without duplicate pairs; "
-                "use torch_geometric.utils.coalesce(edge_index, edge_attr, "
-                "sort_by_row=False) or load_connectome")
-    syn_count = _check_edge_tensor(data, "syn_count", torch.float32, e, True)
+    _check_lengths(data, n, e)
+    syn_count = _check_tensor(data, "syn_count", torch.float32, e, "E", True)
     if not bool(torch.isfinite(syn_count).all()) or bool((syn_count < 0).any()):
         raise ConnectomeFormatError("syn_count must be finite and >= 0")
-    sign = _check_edge_tensor(data, "sign", torch.float32, e, True)
-    if not bool(((sign == 1) | (sign == -1)).all()):
-        raise ConnectomeFormatError("sign values must be +1. or -1.")
-    syn_weight = _check_edge_tensor(data, "syn_weight", torch.float32, e, False)
+    _check_sign(_check_tensor(data, "sign", torch.float32, e, "E", True))
+    syn_weight = _check_tensor(data, "syn_weight", torch.float32, e, "E")
     if syn_weight is None:
         raise ConnectomeFormatError("graph has no 'syn_weight' attribute; set "
                                     "data.syn_weight = data.syn_count.clone()")
     if not bool(torch.isfinite(syn_weight).all()):
         raise ConnectomeFormatError("syn_weight must be finite")
-    _check_edge_tensor(data, "edge_type", torch.long, e, False)
+    _check_tensor(data, "edge_type", torch.long, e, "E")
     _check_codes(data, "edge_type", "edge_type_names")
-    _check_node_tensor(data, "cell_type", torch.long, n)
+    _check_tensor(data, "cell_type", torch.long, n, "N")
     _check_codes(data, "cell_type", "cell_type_names")
-    _check_node_tensor(data, "node_id", torch.long, n)
+    _check_tensor(data, "node_id", torch.long, n, "N")
     for key in ("input_mask", "output_mask"):
-        _check_node_tensor(data, key, torch.bool, n)
-    names = data["node_names"] if "node_names" in data else None
-    if names is not None and not isinstance(data, Batch) and len(names) != n:
-        raise ConnectomeFormatError(f"node_names has {len(names)} entries for "
-                                    f"N={n} nodes")
+        _check_tensor(data, key, torch.bool, n, "N")
     try:
         check_gap_junctions(data)
     except ValueError as err:
         raise ConnectomeFormatError(str(err)) from err
+    if e:
+        _check_order(ei, n)
 
 
 def node_index(data: Data, ids: Iterable[Any]) -> Tensor:

@@ -23,6 +23,7 @@ attribute              shape / type        meaning
 ``cell_type_names``    ``list[str]``       ``"type0"``, ``"type1"``, ...
 ``edge_type``          Long ``[E]``        ``cell_type[src] * num_cell_types
                                            + cell_type[dst]``
+``edge_type_names``    ``list[str]``       ``"type0->type0"``, ... (every pair)
 ``input_mask``         Bool ``[N]``        neurons of the first
                                            ``ceil(0.1 * num_cell_types)`` types
 ``output_mask``        Bool ``[N]``        neurons of the last
@@ -167,6 +168,7 @@ def random_connectome(
         cell_type=cell_type,
         cell_type_names=[f"type{i}" for i in range(num_cell_types)],
         edge_type=edge_type,
+        edge_type_names=[f"type{i}->type{j}" for i in range(num_cell_types) for j in range(num_cell_types)],
         input_mask=cell_type < num_io,
         output_mask=cell_type >= num_cell_types - num_io,
     )
