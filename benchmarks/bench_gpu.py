@@ -1,4 +1,4 @@
-"""GPU benchmark: the seed's way (baseline) and graphode, side by side, in one run.
+"""GPU benchmark: the torch-biopl tutorial's way (baseline) and graphode, side by side, in one run.
 
 Prints markdown tables (and writes them to ``--out``):
 
@@ -9,11 +9,13 @@ Prints markdown tables (and writes them to ``--out``):
    the baselines (torch CSR ``sparse.mm`` with torch's own backward, gather + ``index_add_``)
    and graphode's backends, each with its distance to the memory floor;
 3. a full training step (Dopri5, same tolerances, same batch) at the fly visual system
-   scale: the seed-style model as the seed runs it (torch sparse autograd, backprop through
-   the step-size controller) and the same model run by graphode, plus graphode's own model;
+   scale: the torch-biopl tutorial's model as the tutorial runs it (torch sparse autograd,
+   backprop through the step-size controller) and the same model run by graphode, plus
+   graphode's own model;
 4. a whole-brain-scale training step with the continuous adjoint (time, peak memory).
 
-Run on the GPU: ``python benchmarks/bench_gpu.py --out benchmarks/RESULTS_gpu.md``.
+Run on the GPU: ``PYTHONPATH=. python benchmarks/bench_gpu.py --out benchmarks/results/bench_gpu_h100.md``
+(the file name names the GPU).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from graphode.flyvis import fly_visual_system
 from graphode.inputs import random_pixels
 from graphode.layer import ConnectomeConv, SparseGraph, available_backends
 from graphode import solve
-from graphode.synthetic import random_connectome
+from graphode.connectome.synthetic import random_connectome
 
 
 def timed(fn, repeats: int = 10, warmup: int = 3) -> float:
@@ -162,8 +164,8 @@ def triton_configs(data, b: int) -> list[str]:
 
 
 # -- training steps ---------------------------------------------------------------------------
-class SeedStyleField(torch.nn.Module):
-    """The seed's vector field: ``tau dh/dt = −h + relu(σ(W_ih x + W_hh h + b))`` with
+class TutorialField(torch.nn.Module):
+    """The torch-biopl tutorial's vector field: ``tau dh/dt = −h + relu(σ(W_ih x + W_hh h + b))`` with
     ``W_hh = |connectome|`` (learnable values, torch sparse autograd) and one random neuron
     per pixel."""
 
@@ -186,8 +188,8 @@ class SeedStyleField(torch.nn.Module):
         return -h + F.relu(torch.sigmoid(inp + rec + self.bias))
 
 
-def seed_style_step(data, images, labels, readout, rtol, atol, backprop_step_control: bool) -> dict:
-    field = SeedStyleField(data).cuda()
+def tutorial_step(data, images, labels, readout, rtol, atol, backprop_step_control: bool) -> dict:
+    field = TutorialField(data).cuda()
     term = to.ODETerm(field, with_args=True)
     step = to.Dopri5(term=term)
     ctrl = to.IntegralController(atol=atol, rtol=rtol, term=term)
@@ -246,21 +248,21 @@ def graphode_step(data, images, labels, readout, dynamics, input_map, rtol, atol
     return measure_step(forward, readout, labels, opt)
 
 
-class SeedDynamicsForGraphode(torch.nn.Module):
-    """The seed's model expressed with graphode's layer (same maths as SeedStyleField)."""
+class TutorialDynamicsForGraphode(torch.nn.Module):
+    """The tutorial's model expressed with graphode's layer (same maths as TutorialField)."""
 
-    def __init__(self, seed_field: SeedStyleField, data, backend: str):
+    def __init__(self, tutorial_field: TutorialField, data, backend: str):
         super().__init__()
-        self.seed = seed_field
+        self.tutorial = tutorial_field
         self.conv = ConnectomeConv(activation="identity", backend=backend)
         self.graph = SparseGraph.from_edge_index(
-            torch.stack([seed_field.col, torch.repeat_interleave(torch.arange(seed_field.n, device=seed_field.col.device), seed_field.crow.diff())]),
-            seed_field.n,
+            torch.stack([tutorial_field.col, torch.repeat_interleave(torch.arange(tutorial_field.n, device=tutorial_field.col.device), tutorial_field.crow.diff())]),
+            tutorial_field.n,
         )
 
     def forward(self, t, h, u):
-        rec = self.conv(h.t(), self.graph, self.seed.values).t()
-        return -h + F.relu(torch.sigmoid(u + rec + self.seed.bias))
+        rec = self.conv(h.t(), self.graph, self.tutorial.values).t()
+        return -h + F.relu(torch.sigmoid(u + rec + self.tutorial.bias))
 
 
 def main() -> None:
@@ -324,18 +326,18 @@ def main() -> None:
     step_rows = []
     torch.manual_seed(0)
     readout = torch.nn.Sequential(torch.nn.Linear(n, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)).cuda()
-    seed = seed_style_step(fly, images, labels, readout, args.rtol, args.atol, backprop_step_control=True)
-    step_rows.append(("seed-style model, as the seed runs it (torch sparse autograd, backprop through step control)", seed))
+    tutorial = tutorial_step(fly, images, labels, readout, args.rtol, args.atol, backprop_step_control=True)
+    step_rows.append(("torch-biopl tutorial's model, as the tutorial runs it (torch sparse autograd, backprop through step control)", tutorial))
     print("step", step_rows[-1], flush=True)
     torch.cuda.empty_cache()
-    field = SeedStyleField(fly).cuda()
+    field = TutorialField(fly).cuda()
     for backend in [bk for bk in ("csr", "triton") if bk in available_backends("cuda")]:
-        dyn = SeedDynamicsForGraphode(field, fly, backend).cuda()
+        dyn = TutorialDynamicsForGraphode(field, fly, backend).cuda()
         proj = random_pixels(fly, 784).cuda()
-        # the seed's pixel map as graphode's SparseProjection (same neurons as SeedStyleField)
+        # the tutorial's pixel map as graphode's SparseProjection (same neurons as TutorialField)
         proj.index[0] = field.pix_to
         res = graphode_step(fly, images, labels, readout, dyn, proj, args.rtol, args.atol, "autodiff")
-        step_rows.append((f"seed-style model run by graphode (autodiff, backend={backend})", res))
+        step_rows.append((f"the tutorial's model run by graphode (autodiff, backend={backend})", res))
         print("step", step_rows[-1], flush=True)
         torch.cuda.empty_cache()
     from graphode.inputs import hex_retina
@@ -352,7 +354,7 @@ def main() -> None:
         print("step", step_rows[-1], flush=True)
         torch.cuda.empty_cache()
     emit(f"\n## Training step at fly visual system scale (Dopri5 rtol = {args.rtol}, atol = {args.atol}, B = {b})\n")
-    emit("| run | seconds / step | speed-up vs seed | function evals (fwd+bwd) | peak GB |")
+    emit("| run | seconds / step | speed-up vs the tutorial | function evals (fwd+bwd) | peak GB |")
     emit("|---|---|---|---|---|")
     base = step_rows[0][1]["seconds"]
     for label, r in step_rows:

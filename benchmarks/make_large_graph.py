@@ -1,4 +1,4 @@
-"""Time :func:`graphode.synthetic.random_connectome` at whole-fly-brain size.
+"""Time :func:`graphode.connectome.synthetic.random_connectome` at whole-fly-brain size.
 
 Usage::
 
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from graphode.synthetic import random_connectome
+from graphode.connectome.synthetic import random_connectome
 
 
 def _parse_args() -> argparse.Namespace:

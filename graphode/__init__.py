@@ -27,9 +27,13 @@ from .connectome import (  # noqa: E402
     to_networkx,
     to_scipy,
     validate_connectome,
+    build_connectome,
+    random_connectome,
+    DegreePreservingShuffle,
 )
 from .dynamics import BoundDynamics, ConnectomeDynamics, Stimulus  # noqa: E402
 from .field import VectorField  # noqa: E402
+from .gap_junctions import GapJunctions  # noqa: E402
 from .gradients import Adjoint, Autodiff, Checkpoint  # noqa: E402
 from .flyvis import fly_visual_system  # noqa: E402
 from .inputs import NodeDrive, SparseProjection, hex_retina, random_pixels  # noqa: E402
@@ -37,13 +41,11 @@ from .layer import (  # noqa: E402
     AutoBackend, Backend, ConnectomeConv, CSRBackend, PygBackend, SparseGraph, SparseTensorBackend,
     TorchScatterBackend, TritonBackend, available_backends,
 )
-from .models import ConnectomeClassifier, GraphODEClassifier, build_connectome  # noqa: E402
+from .models import ConnectomeClassifier, GraphODEClassifier  # noqa: E402
 from .readout import LinearReadout, PooledReadout  # noqa: E402
 from ._solve import Solution, solve  # noqa: E402
 from .solvers import Adaptive, Dopri5, Euler, FixedStep, Heun, SolverError, Tsit5  # noqa: E402
 from .synapses import SynapseWeights  # noqa: E402
-from .synthetic import random_connectome  # noqa: E402
-from .transforms import DegreePreservingShuffle  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -63,6 +65,7 @@ __all__ = [
     "Dopri5",
     "Euler",
     "FixedStep",
+    "GapJunctions",
     "GraphODEClassifier",
     "Heun",
     "NodeDrive",

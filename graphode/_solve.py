@@ -111,6 +111,8 @@ def solve(
         raise ValueError(f"y0 must be a [B, N] tensor, got {tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__}")
     if y0.numel() == 0:
         raise ValueError(f"y0 is empty ({tuple(y0.shape)}): nothing to simulate")
+    if not y0.is_floating_point():
+        raise TypeError(f"y0 must be a floating-point tensor (float32 or float64), got {y0.dtype}: use y0.float()")
     if not torch.isfinite(y0).all():
         raise ValueError("y0 holds NaN or inf values")
     t0, t1 = float(t_span[0]), float(t_span[1])

@@ -21,6 +21,7 @@ import sys
 from dataclasses import fields
 from typing import Any, Callable, NoReturn
 
+from .connectome import build_connectome, connectome_spec
 from .models import DEFAULT_CONFIG
 from .training import CheckpointError, DatasetUnavailableError, ResumeMismatchError, TrainConfig
 
@@ -188,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _connectome_spec(args: argparse.Namespace) -> dict:
-    if args.connectome in ("fly_visual_system", "fly", "flyvis"):
-        return {"name": "fly_visual_system", "extent": args.extent}
-    if args.connectome == "random":
-        return {"name": "random", "num_nodes": 5000, "num_edges": 100_000}
-    return {"path": args.connectome}
+    spec = connectome_spec(args.connectome)
+    if spec.get("name") == "fly_visual_system":
+        spec["extent"] = args.extent
+    elif spec.get("name") == "random":
+        spec.update(num_nodes=5000, num_edges=100_000)
+    return spec
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -288,8 +290,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "info":
-        from .models import build_connectome
-
         data = build_connectome(_connectome_spec(args))
         info = {
             "neurons": int(data.num_nodes), "connections": int(data.num_edges),

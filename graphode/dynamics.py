@@ -2,7 +2,7 @@ r"""Neuron dynamics on a connectome graph: the vector field of the ODE.
 
 .. math::
 
-    \tau \odot \frac{dv}{dt} = -v + A(v) + b + d + u(t),\qquad
+    \tau \odot \frac{dv}{dt} = -v + A(v) + I_\text{gap}(v) + b + d + u(t),\qquad
     A(v)_i = \sum_{j \to i} w_{ij}\, f(v_j)
 
 ``A`` is :class:`~graphode.layer.ConnectomeConv` with weights from
@@ -10,7 +10,8 @@ r"""Neuron dynamics on a connectome graph: the vector field of the ODE.
 type (or shared, or fixed); ``d`` is an optional learnable drive per neuron from node
 features ``x [N, F]`` and per-graph stimuli (:class:`~graphode.inputs.NodeDrive`);
 ``u(t)`` is the stimulus, per neuron (``[B, N]``) or through an input projection from
-``F`` stimulus features.
+``F`` stimulus features. ``I_gap,i = Σ_j g_ij (v_j − v_i)`` is the optional current through
+electrical synapses (``gap_junctions=``, :mod:`graphode.gap_junctions`).
 
 :class:`ConnectomeDynamics` takes the graph at every call, as a PyG convolution takes
 ``edge_index``: one module serves every ``Data`` and every ``Batch`` of different
@@ -44,7 +45,8 @@ from ._graph_state import GraphTensors
 from . import kernels
 from ._layout import node_major
 from .field import VectorField
-from .layer import ConnectomeConv
+from .gap_junctions import GapJunctions
+from .layer import AutoBackend, ConnectomeConv
 from .synapses import SynapseWeights, check_synapses, inverse_softplus, synapse_magnitude, vocabulary_size
 
 __all__ = [
@@ -84,10 +86,17 @@ class Stimulus:
             if values.dim() == 3:
                 if times is None or times.dim() != 1 or times.numel() != values.size(1):
                     raise ValueError(f"sampled values [B, S, F] need times [S]; got values {tuple(values.shape)}")
+                if not bool(torch.isfinite(times).all()):
+                    raise ValueError("stimulus times hold NaN or inf")
                 if times.numel() > 1 and not bool((times[1:] > times[:-1]).all()):
                     raise ValueError("stimulus times must be strictly increasing")
             elif values.dim() != 2:
                 raise ValueError(f"stimulus values must be [B, F] or [B, S, F], got {tuple(values.shape)}")
+            if not values.is_floating_point():
+                raise TypeError(f"stimulus values must be floating point, got {values.dtype}: use values.float()")
+            if not bool(torch.isfinite(values).all()):
+                bad = (~torch.isfinite(values)).nonzero()[0].tolist()
+                raise ValueError(f"stimulus values hold NaN or inf (first at index {bad}); a drive must be finite")
         self.values, self.times, self.interpolation, self.fn = values, times, interpolation, fn
 
     def tensors(self) -> tuple[Tensor, ...]:
@@ -170,7 +179,10 @@ class GraphInputs:
 
     ``edge_index [2, E]``, ``sign [E]``, ``magnitude [E]`` (``syn_weight`` or
     ``syn_count``), ``edge_type [E]`` and ``cell_type [N]`` (None where the
-    parameterisation needs none), ``node_features [N, F]`` for a node drive (or None).
+    parameterisation needs none), ``node_features [N, F]`` for a node drive (or None);
+    with gap junctions ``gap_index [2, G]``, ``gap_weight [G]`` (normalised where asked)
+    and ``gap_code [G]`` (``gap_type`` or pair numbers, see
+    :meth:`~graphode.gap_junctions.GapJunctions.graph_inputs`; None where not needed).
     """
 
     num_nodes: int
@@ -180,6 +192,9 @@ class GraphInputs:
     edge_type: Tensor | None
     cell_type: Tensor | None
     node_features: Tensor | None = None
+    gap_index: Tensor | None = None
+    gap_weight: Tensor | None = None
+    gap_code: Tensor | None = None
 
 
 @dataclass
@@ -196,15 +211,18 @@ class DynamicsInputs:
 class Derived:
     """Parameters as the evaluation reads them: ``weights [E]`` (edge order of
     ``edge_index``), ``tau`` and ``bias`` ``[N]`` or ``[1]`` (``bias`` includes the node
-    drive)."""
+    drive); with gap junctions their conductances ``gap [G]`` (order of ``gap_index``) and
+    each neuron's total conductance ``gap_total [N]`` (else None)."""
 
     weights: Tensor
     tau: Tensor
     bias: Tensor
+    gap: Tensor | None = None
+    gap_total: Tensor | None = None
 
 
 class ConnectomeDynamics(VectorField):
-    r"""The vector field ``dv/dt = (−v + A(v) + b + d + u(t)) / τ`` on the graph of each call.
+    r"""The vector field ``dv/dt = (−v + A(v) + I_gap(v) + b + d + u(t)) / τ`` on the graph of each call.
 
     Args:
         num_cell_types: size of the cell-type vocabulary (``per_type`` τ and b); the graphs'
@@ -226,6 +244,11 @@ class ConnectomeDynamics(VectorField):
         input_projection: a module mapping stimulus features ``[B, F]`` to drive ``[B, N]``;
             without it the stimulus is per neuron already.
         recurrent: set False to drop ``A(v)`` (the "no recurrent connections" ablation).
+        gap_junctions: electrical synapses, ``I_gap,i = Σ_j g_ij (v_j − v_i)`` on the graph's
+            ``gap_index``: None (off; a graph with gap junctions is then refused, so that none
+            is left out unnoticed), a mode (``"shared"``, ``"per_type"``, ``"fixed"``; see
+            :mod:`graphode.gap_junctions`) or a :class:`~graphode.gap_junctions.GapJunctions`.
+        num_gap_types: size of the ``gap_type`` vocabulary (``gap_junctions="per_type"``).
         fuse: the fused leaky-integrator kernel: None (on CUDA when Triton is there), True
             (also in Triton's interpreter, for tests), False (never).
         num_nodes: the number of neurons, for ``per_neuron`` parameters (set by
@@ -235,7 +258,8 @@ class ConnectomeDynamics(VectorField):
         forward(t ``[B]``, v ``[B, N]``, graph, stimulus=None) → ``[B, N]``; ``graph`` is a
         PyG ``Data`` or ``Batch`` with ``edge_index``, ``sign``, ``syn_weight`` (or
         ``syn_count``), and ``edge_type`` / ``cell_type`` / ``x`` where the chosen modes
-        read them. The stimulus may be anything :func:`as_stimulus` accepts.
+        read them (with gap junctions also ``gap_index [2, G]``, ``gap_weight [G]`` and, per
+        type, ``gap_type [G]``). The stimulus may be anything :func:`as_stimulus` accepts.
     """
 
     def __init__(
@@ -256,6 +280,8 @@ class ConnectomeDynamics(VectorField):
         node_input: nn.Module | None = None,
         input_projection: nn.Module | None = None,
         recurrent: bool = True,
+        gap_junctions: str | GapJunctions | None = None,
+        num_gap_types: int | None = None,
         fuse: bool | None = None,
         num_nodes: int | None = None,
     ):
@@ -277,6 +303,19 @@ class ConnectomeDynamics(VectorField):
         else:
             self.synapses = SynapseWeights(weights, num_edge_types=num_edge_types, gain=gain, dale=dale)
         self.recurrent = recurrent
+        if isinstance(gap_junctions, str):
+            gap_junctions = GapJunctions(gap_junctions, num_gap_types=num_gap_types)
+        elif gap_junctions is not None and not isinstance(gap_junctions, GapJunctions):
+            raise TypeError(f"gap_junctions must be None, a mode name or a GapJunctions, got {type(gap_junctions).__name__}")
+        self.gap_junctions = gap_junctions
+        self.gap_conv = None
+        if gap_junctions is not None:
+            # Σ_j g_ij v_j on the chemical synapses' backend; an AutoBackend's choices are
+            # timed for one activation, so the identity gets its own.
+            gap_backend = self.conv.backend
+            if isinstance(gap_backend, AutoBackend):
+                gap_backend = AutoBackend(gap_backend.candidates, gap_backend.repeats)
+            self.gap_conv = ConnectomeConv(activation="identity", backend=gap_backend)
         self.tau_min = float(tau_min)
         if fuse not in (None, True, False):
             raise ValueError(f"fuse must be None, True or False, got {fuse!r}")
@@ -299,6 +338,8 @@ class ConnectomeDynamics(VectorField):
             options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
         if options.get("weights", "per_edge_type") == "per_edge_type":
             options.setdefault("num_edge_types", vocabulary_size(data, "edge_type"))
+        if options.get("gap_junctions") == "per_type":
+            options.setdefault("num_gap_types", vocabulary_size(data, "gap_type"))
         return cls(**options)
 
     def _node_parameter(self, name: str, value: float, mode: str, num_nodes: int | None) -> None:
@@ -355,7 +396,19 @@ class ConnectomeDynamics(VectorField):
             if cell_type.numel() != n:
                 raise ValueError(f"graph.cell_type must be [{n}], got {tuple(cell_type.shape)}")
         features = None if self.node_input is None else self.node_input.features(graph)
-        return GraphInputs(n, edge_index, sign, magnitude, edge_type, cell_type, features)
+        return GraphInputs(n, edge_index, sign, magnitude, edge_type, cell_type, features, *self._gap_inputs(graph))
+
+    def _gap_inputs(self, graph) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        if self.gap_junctions is not None:
+            return self.gap_junctions.graph_inputs(graph)
+        gap_index = getattr(graph, "gap_index", None)
+        if isinstance(gap_index, Tensor) and gap_index.numel():
+            raise ValueError(
+                f"the graph has gap junctions (gap_index, {gap_index.size(-1)} entries) but these dynamics have no "
+                "gap-junction term: pass gap_junctions='shared' (or another mode, see graphode.gap_junctions), or "
+                "delete graph.gap_index to simulate the chemical synapses alone"
+            )
+        return None, None, None
 
     def prepare(self, graph, stimulus=None) -> DynamicsInputs:
         """The graph and stimulus of one solve: attributes checked, the stimulus wrapped,
@@ -399,11 +452,19 @@ class ConnectomeDynamics(VectorField):
             weights = weights.to(tau.dtype)
         if self.node_input is not None:
             bias = bias + self.node_input(g.node_features).reshape(-1)
-        return Derived(weights, tau, bias)
+        gap = gap_total = None
+        if self.gap_junctions is not None:
+            gap = self.gap_junctions(g.gap_weight, g.gap_code).to(tau.dtype)
+            gap_total = gap.new_zeros(g.num_nodes).index_add(0, g.gap_index[1], gap)
+        return Derived(weights, tau, bias, gap, gap_total)
 
     def time_scale(self, inputs: DynamicsInputs, derived: Derived) -> float:
-        """The smallest time constant: the state's fastest relaxation."""
-        return float(derived.tau.min())
+        """The state's fastest relaxation: the smallest time constant, or with gap junctions
+        the smallest ``τ_i / (1 + 2 Σ_j g_ij)`` (Gershgorin's bound on the coupled decay rates)."""
+        tau = derived.tau
+        if derived.gap_total is not None and derived.gap_total.numel():
+            tau = tau / (1 + 2 * derived.gap_total)
+        return float(tau.min())
 
     def tau(self, graph=None) -> Tensor:
         """Time constants per neuron of ``graph`` ``[N]`` (``[1]`` when not per type)."""
@@ -424,7 +485,12 @@ class ConnectomeDynamics(VectorField):
         v_read = v
         for p, index in inputs.perturbations:
             v_read = p.substitute(t, v_read, index)
-        a = self.conv(v_read.t(), inputs.graph.edge_index, derived.weights).t() if self.recurrent else None
+        x = v_read.t()  # [N, B], the layout of the message passing
+        a = self.conv(x, inputs.graph.edge_index, derived.weights) if self.recurrent else None
+        if self.gap_junctions is not None:  # I_gap = Σ_j g_ij v_j − (Σ_j g_ij) v_i, added to A(v)
+            i_gap = self.gap_conv(x, inputs.graph.gap_index, derived.gap) - derived.gap_total.unsqueeze(1) * x
+            a = i_gap if a is None else a + i_gap
+        a = None if a is None else a.t()
         u = self.drive(t, inputs.stimulus)
         if u is not None and (u.dim() != 2 or u.size(1) != n or u.size(0) not in (1, v.size(0))):
             raise ValueError(
@@ -487,6 +553,9 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
 
     Args:
         data: the connectome ``Data`` (graphode layout).
+        gap_junctions: as :class:`ConnectomeDynamics`, and also ``"per_edge"`` (one
+            conductance per junction pair of ``data``); a mode name is built on ``data``
+            (:meth:`~graphode.gap_junctions.GapJunctions.from_data`).
         **options: as :class:`ConnectomeDynamics` (the vocabulary sizes come from ``data``).
 
     Shapes:
@@ -495,7 +564,7 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
     """
 
     def __init__(self, data, *, weights: str = "per_edge", tau_mode: str = "per_type", bias_mode: str = "per_type",
-                 gain: float = 1.0, dale: bool = True, **options):
+                 gain: float = 1.0, dale: bool = True, gap_junctions: str | GapJunctions | None = None, **options):
         if getattr(data, "cell_type", None) is None:
             tau_mode = "per_neuron" if tau_mode == "per_type" else tau_mode
             bias_mode = "per_neuron" if bias_mode == "per_type" else bias_mode
@@ -503,7 +572,10 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
         if "per_type" in (tau_mode, bias_mode):
             options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
         synapses = SynapseWeights.from_data(data, weights, gain=gain, dale=dale)
-        super().__init__(weights=synapses, tau_mode=tau_mode, bias_mode=bias_mode, num_nodes=n, **options)
+        if isinstance(gap_junctions, str):
+            gap_junctions = GapJunctions.from_data(data, gap_junctions)
+        super().__init__(weights=synapses, tau_mode=tau_mode, bias_mode=bias_mode, num_nodes=n,
+                         gap_junctions=gap_junctions, **options)
         graph = self.graph_inputs(data)  # checks the graph once
         self.num_nodes = n
         tensors = {f.name: getattr(graph, f.name) for f in dataclasses.fields(graph)}
@@ -531,6 +603,12 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
     def synaptic_weights(self) -> Tensor:
         """Signed synaptic weights ``[E]`` in ``edge_index`` order (perturbations included)."""
         return self.derive(self.prepare()).weights
+
+    def gap_conductances(self) -> Tensor:
+        """Gap-junction conductances ``[G]`` in ``gap_index`` order (needs ``gap_junctions``)."""
+        if self.gap_junctions is None:
+            raise ValueError("these dynamics have no gap junctions (gap_junctions=None)")
+        return self.derive(self.prepare()).gap
 
     def forward(self, t: Tensor, v: Tensor, stimulus=None) -> Tensor:
         return VectorField.forward(self, t, v, stimulus)

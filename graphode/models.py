@@ -30,39 +30,9 @@ from .inputs import SparseProjection, hex_retina, random_pixels
 from .readout import LinearReadout, PooledReadout
 from ._solve import Solution, solve
 from .solvers import Method, resolve_controller, resolve_method
-from .transforms import DegreePreservingShuffle
+from .connectome import build_connectome
 
-__all__ = ["ConnectomeClassifier", "GraphODEClassifier", "build_connectome", "DEFAULT_CONFIG"]
-
-
-def build_connectome(spec: dict[str, Any]) -> Data:
-    """Build the connectome named by ``spec``.
-
-    ``{"name": "fly_visual_system", "extent": 4}``, ``{"name": "random", "num_nodes": ...,
-    "num_edges": ..., ...}`` or ``{"path": ..., **load_connectome options}``; add
-    ``"shuffle": seed`` for a degree-preserving shuffle of it (the ablation control).
-    """
-    spec = dict(spec)
-    shuffle = spec.pop("shuffle", None)
-    if "path" in spec:
-        from .connectome import load_connectome
-
-        data = load_connectome(spec.pop("path"), **spec)
-    else:
-        name = spec.pop("name", None)
-        if name in ("fly_visual_system", "flyvis", "fly"):
-            from .flyvis import fly_visual_system
-
-            data = fly_visual_system(**spec)
-        elif name == "random":
-            from .synthetic import random_connectome
-
-            data = random_connectome(**spec)
-        else:
-            raise ValueError(f"unknown connectome {name!r}: use 'fly_visual_system', 'random' or a path")
-    if shuffle is not None:
-        data = DegreePreservingShuffle(seed=int(shuffle))(data)
-    return data
+__all__ = ["ConnectomeClassifier", "GraphODEClassifier", "DEFAULT_CONFIG"]
 
 
 DEFAULT_CONFIG: dict[str, Any] = {

@@ -24,13 +24,10 @@ It runs unchanged under ``torchrun`` (see :mod:`graphode.distributed`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import pickle
-import struct
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, TensorDatas
 from tqdm.auto import tqdm
 
 from ._atomic import atomic_write
+from ._integrity import content_sha256
 from .datasets import random_shift
 from .models import DEFAULT_CONFIG, ConnectomeClassifier
 
@@ -232,56 +230,6 @@ class LearningRateSchedule:
 CHECKPOINT_FORMAT = "graphode-checkpoint-1"
 _INTEGRITY_KEYS = ("format", "sha256")
 _STATE_KEYS = ("model", "optimizer", "schedule", "rng", "epoch", "history", "steps")  # what train() resumes from
-_PLAIN_DATA = "tensors (strided), dict, list, tuple, str, int, float, bool and None"
-
-
-def _feed(h: "hashlib._Hash", obj: Any, where: str) -> None:
-    """Hash ``obj`` by content (type tag, length, value) and refuse anything but plain data.
-
-    A content hash, not one of the file's bytes: it survives re-serialisation and does not
-    depend on where tensors lived (CPU or GPU) when the file was written.
-    """
-    kind = type(obj)
-    if obj is None:
-        h.update(b"N")
-    elif kind is bool:
-        h.update(b"B1" if obj else b"B0")
-    elif kind is int:
-        text = str(obj).encode()
-        h.update(b"I%d:" % len(text) + text)
-    elif kind is float:
-        h.update(b"F" + struct.pack("<d", obj))
-    elif kind is str:
-        data = obj.encode("utf-8", "surrogatepass")
-        h.update(b"S%d:" % len(data))
-        h.update(data)
-    elif kind in (torch.Tensor, torch.nn.Parameter):
-        if obj.layout != torch.strided or obj.is_quantized:
-            raise TypeError(f"checkpoint entry {where} is a {obj.layout} tensor; store it dense (.to_dense())")
-        t = obj.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
-        header = f"{t.dtype}{tuple(obj.shape)}".encode()
-        h.update(b"T%d:" % len(header) + header)
-        h.update(t.view(torch.uint8).numpy())
-    elif kind in (dict, OrderedDict):
-        h.update(b"D%d:" % len(obj))
-        for key, value in obj.items():
-            _feed(h, key, f"{where} key {key!r}")
-            _feed(h, value, f"{where}[{key!r}]")
-    elif kind in (list, tuple):
-        h.update((b"L" if kind is list else b"U") + b"%d:" % len(obj))
-        for i, value in enumerate(obj):
-            _feed(h, value, f"{where}[{i}]")
-    else:
-        raise TypeError(
-            f"checkpoint entry {where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only "
-            f"{_PLAIN_DATA} (convert it, e.g. with .tolist(), float() or torch.as_tensor())"
-        )
-
-
-def _content_sha256(state: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    _feed(h, state, "state")
-    return h.hexdigest()
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -300,7 +248,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     clash = [k for k in _INTEGRITY_KEYS if k in state]
     if clash:
         raise ValueError(f"checkpoint state must not use the reserved keys {clash}")
-    digest = _content_sha256(state)
+    digest = content_sha256(state, "checkpoint entry state")
     payload = {"format": CHECKPOINT_FORMAT, **state, "sha256": digest}
     atomic_write(path, lambda fh: torch.save(payload, fh))
 
@@ -343,7 +291,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     state = {k: v for k, v in blob.items() if k not in _INTEGRITY_KEYS}
     stored = blob.get("sha256")
     try:
-        actual = _content_sha256(state)
+        actual = content_sha256(state, "checkpoint entry state")
     except TypeError as exc:
         raise CheckpointError(f"{path} is damaged: {exc}") from exc
     if stored != actual:

@@ -370,7 +370,7 @@ def test_recording_dataframe_and_cell_type_means():
 # --------------------------------------------------------------------------------- lesions
 def _tiny_model():
     from graphode.models import ConnectomeClassifier
-    from graphode.synthetic import random_connectome
+    from graphode.connectome.synthetic import random_connectome
 
     data = random_connectome(24, 90, num_cell_types=4, seed=1)
     torch.manual_seed(0)

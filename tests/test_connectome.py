@@ -193,7 +193,7 @@ def test_flywire_columns_are_detected_and_neuropils_merged():
         "syn_count": [5, 6, 3, 2],
         "nt_type": ["ACH", "ACH", "GABA", "GLUT"],
     })
-    g = load_connectome(df)
+    g = load_connectome(df, duplicates="sum")  # one row per neuropil: parts of one connection
     # codes: B=0, A=1, C=2 -> (A->B), (C->A), (B->C) sorted by target
     assert g.edge_index.tolist() == [[1, 2, 0], [0, 1, 2]]
     assert g.syn_count.tolist() == [11.0, 2.0, 3.0]
@@ -275,27 +275,27 @@ def test_signed_weights_give_signs():
 def test_duplicates_summed_by_hand():
     df = pd.DataFrame({"pre": [1, 2, 1, 1, 2], "post": [2, 1, 2, 2, 2],
                        "syn_count": [3, 4, 5, 1, 2], "sign": [-1, 1, -1, -1, 1]})
-    g, report = load_connectome(df, return_report=True)
+    g, report = load_connectome(df, duplicates="sum", return_report=True)
     # (1->2): 3+5+1 = 9 (inhibitory); (2->1): 4; (2->2): 2
     assert g.edge_index.tolist() == [[1, 0, 1], [0, 1, 1]]
     assert g.syn_count.tolist() == [4.0, 9.0, 2.0]
     assert g.sign.tolist() == [1.0, -1.0, 1.0]
     assert report.duplicates_merged == 2 and report.num_edges == 3
-    with pytest.raises(ConnectomeFormatError, match=r"pre=1 post=2 appears 3 times"):
-        load_connectome(df, merge_duplicates=False)
+    with pytest.raises(ConnectomeFormatError, match=r"pre=1 post=2 in rows 0, 2, 3"):
+        load_connectome(df)  # the default: repeated rows are an error naming them
 
 
 def test_duplicates_with_conflicting_signs_error():
     df = pd.DataFrame({"pre": [5, 5], "post": [6, 6], "sign": [1, -1]})
     with pytest.raises(ConnectomeFormatError, match=r"conflicting signs.*pre=5 post=6"):
-        load_connectome(df)
+        load_connectome(df, duplicates="sum")
 
 
 def test_threshold_applies_after_merging_and_reports(caplog):
     df = pd.DataFrame({"pre": [1, 1, 2, 3], "post": [2, 2, 3, 1],
                        "syn_count": [2, 2, 3, 5], "sign": [1, 1, 1, 1]})
     with caplog.at_level(logging.INFO, logger="graphode.connectome"):
-        g, report = load_connectome(df, threshold=4, return_report=True)
+        g, report = load_connectome(df, threshold=4, duplicates="sum", return_report=True)
     assert g.syn_count.tolist() == [5.0, 4.0]  # 3->1 (5), 1->2 (2+2)
     assert g.num_nodes == 3  # node 3's input was dropped, node 3 stays
     assert report.below_threshold == 1 and report.num_edges == 2
@@ -352,7 +352,10 @@ def test_node_table_join():
     assert g.cell_type.tolist() == [3, 2, 0, 0, 1]
     assert g.size_nm.dtype == torch.float32 and g.size_nm.tolist() == [4, 5, 3, 2, 1.5]
     assert g.node_x.tolist() == [40, 50, 30, 20, 10]  # "x" is reserved by PyG
-    assert "x" not in g and "side" not in g
+    assert "x" not in g
+    # text columns are kept as codes + names, like cell_type (D, 42, B, A, C)
+    assert g.side_names == ["L", "R"] and [g.side_names[c] for c in g.side] == ["R", "L", "L", "R", "L"]
+    assert g.node_x.dtype == torch.int64  # integer columns stay exact
     assert g.input_mask.tolist() == [False, False, True, True, False]
     assert g.output_mask.tolist() == [False, False, True, True, False]
     assert "is_input" not in g  # consumed by output_types=

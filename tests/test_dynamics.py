@@ -483,7 +483,7 @@ def test_parameters_derived_once_per_solve_give_the_same_solution_and_gradients(
 
 
 def test_dynamics_refuse_non_finite_or_sign_flipping_options():
-    from graphode.synthetic import random_connectome
+    from graphode.connectome.synthetic import random_connectome
 
     data = random_connectome(10, 30, seed=0)
     for kw, match in ((dict(tau=float("nan")), "tau"), (dict(bias=float("inf")), "bias"), (dict(gain=-1.0), "gain")):

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from graphode.models import DEFAULT_CONFIG, ConnectomeClassifier, build_connectome
+from graphode.connectome import build_connectome
+from graphode.models import DEFAULT_CONFIG, ConnectomeClassifier
 
 
 SPEC = {"name": "fly_visual_system", "extent": 1}

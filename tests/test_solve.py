@@ -345,7 +345,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
     warnings.filterwarnings("ignore")
     from graphode.dynamics import BoundDynamics
     from graphode import solve
-    from graphode.synthetic import random_connectome
+    from graphode.connectome.synthetic import random_connectome
 
     torch.set_num_threads(1)
 
@@ -530,7 +530,7 @@ def test_backward_keeps_one_layout_through_the_steps():
 # long solves: the adjoint's segments follow the dynamics' time scale
 # ---------------------------------------------------------------------------------------
 def _long_solve_gradient(gradient, t_over_tau, tol, **solve_kw):
-    from graphode.synthetic import random_connectome
+    from graphode.connectome.synthetic import random_connectome
 
     dyn = BoundDynamics(random_connectome(40, 240, num_cell_types=3, seed=4), activation="relu",
                         weights="per_edge_type", tau=0.2, bias=0.5, backend="csr").double()

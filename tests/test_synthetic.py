@@ -1,11 +1,11 @@
-"""Tests for graphode.synthetic.random_connectome."""
+"""Tests for graphode.connectome.synthetic.random_connectome."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from graphode.synthetic import random_connectome
+from graphode.connectome.synthetic import random_connectome
 
 
 @pytest.fixture(scope="module")

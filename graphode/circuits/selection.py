@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from ..connectome import ConnectomeFormatError, _show, node_index
+from ..connectome import ConnectomeFormatError, node_index
+from ..connectome._common import _show
 
 __all__ = ["select_neurons", "neuron_cell_types", "neuron_table"]
 
