@@ -101,16 +101,20 @@ class DistributedContext:
             torch_dist.destroy_process_group()
 
 
+def _all_reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        t = t.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(t, op=getattr(torch_dist.ReduceOp, op))
+    return t
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all processes (a no-op without a process group); not differentiable.
 
     Shapes:
         ``t`` of any shape → the same shape.
     """
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        t = t.clone(memory_format=torch.contiguous_format)
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
-    return t
+    return _all_reduce(t, "SUM")
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
@@ -119,10 +123,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     Shapes:
         ``t`` of any shape → the same shape.
     """
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        t = t.clone(memory_format=torch.contiguous_format)
-        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
-    return t
+    return _all_reduce(t, "MAX")
 
 
 
