@@ -22,6 +22,7 @@ import torch
 from graphode import cli
 from graphode.cli import build_parser, main, train_config_from_args
 from graphode.connectome import build_connectome
+from graphode.inputs import random_pixels
 from graphode.models import ConnectomeClassifier
 from graphode.training import RESUME_FREE_MODEL_OPTIONS, RESUME_FREE_OPTIONS, load_checkpoint
 
@@ -332,3 +333,13 @@ def test_bad_file_option_values_are_parse_errors(capsys, option, value):
     assert info.value.code == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"argument {option}:" in line and repr(value) in line
+
+
+def test_random_input_neuron_choice_is_checked(files):
+    data = build_connectome({"path": "edges.csv", "default_sign": 1})
+    with pytest.raises(ValueError, match=r"BoolTensor \[48\] selecting at least one neuron, got torch.bool \[48\] selecting 0"):
+        random_pixels(data, 10, neurons=torch.zeros(48, dtype=torch.bool))
+    with pytest.raises(ValueError, match="got torch.int64"):
+        random_pixels(data, 10, neurons=torch.ones(48, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_neurons must be 'all' or 'input_mask', got 'inputs'"):
+        ConnectomeClassifier(data, input="random", readout="linear", weights="fixed", input_neurons="inputs")
