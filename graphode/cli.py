@@ -355,8 +355,9 @@ def _file_model(args: argparse.Namespace, spec: dict) -> dict:
         # without positions a sum/mean pool sees only each cell type's normalised activity, which sums to zero
         model["keep_group_mean"] = args.aggr in ("sum", "mean")
     elif args.output_types is not None:
-        raise ValueError("--output-types: the linear readout reads every neuron; use --readout pooled to read "
-                         "the output neurons")
+        fix = ("use --readout pooled to read the output neurons" if typed else
+               "the pooled readout, which reads the output neurons, needs cell types (--nodes with a cell-type column)")
+        raise ValueError(f"--output-types: the linear readout reads every neuron; {fix}")
     weights = args.weights or ("per_edge_type" if typed else "per_edge")
     if weights == "per_edge_type" and not typed:
         raise ValueError(f"--weights per_edge_type learns one weight per cell-type pair and {no_types}; or use "

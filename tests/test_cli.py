@@ -178,7 +178,8 @@ def _write_connectome(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     edges = pd.DataFrame({"pre": rng.integers(0, n, 300), "post": rng.integers(0, n, 300),
                           "syn_count": rng.integers(1, 50, 300)}).drop_duplicates(["pre", "post"])
     nodes = pd.DataFrame({"id": np.arange(n), "cell_type": [TYPES[i % 4] for i in range(n)],
-                          "nt_type": ["GABA" if i % 3 == 0 else "ACH" for i in range(n)]})
+                          "nt_type": ["GABA" if i % 3 == 0 else "ACH" for i in range(n)],
+                          "sensory": np.arange(n) < 5})
     edges.to_csv(folder / "edges.csv", index=False)
     nodes.to_csv(folder / "nodes.csv", index=False)
     return edges, nodes
@@ -268,6 +269,10 @@ def test_random_input_drives_the_input_neurons_or_all(files):
     model = ConnectomeClassifier.from_config(typed.model_config())
     driven = set(model.input_map.index[0].tolist())
     assert driven == set(nodes.index[nodes["cell_type"].isin(["R1", "T5"])])  # 784 pixels reach all 24 of them
+    column = train_config_from_args(build_parser().parse_args(
+        ["train", "--connectome", "edges.csv", "--nodes", "nodes.csv", "--input-types", "sensory", *FAST]))
+    model = ConnectomeClassifier.from_config(column.model_config())
+    assert set(model.input_map.index[0].tolist()) == {0, 1, 2, 3, 4}  # a boolean node-table column
     plain = train_config_from_args(build_parser().parse_args(
         ["train", "--connectome", "edges.csv", "--default-sign", "+1", *FAST]))
     assert (plain.model["input"], plain.model["readout"], plain.model["weights"]) == ("random", "linear", "per_edge")
