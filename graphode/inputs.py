@@ -227,9 +227,19 @@ def hex_retina(
     )
 
 
-def random_pixels(data, num_pixels: int = 784, *, seed: int = 0, gain: float = 1.0) -> SparseProjection:
-    """The torch-biopl tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1."""
+def random_pixels(data, num_pixels: int = 784, *, seed: int = 0, gain: float = 1.0,
+                  neurons: Tensor | None = None) -> SparseProjection:
+    """The torch-biopl tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1;
+    with ``neurons`` (a BoolTensor ``[N]``, e.g. ``data.input_mask``) a uniformly random one of those.
+
+    Shapes: the projection maps ``[B, num_pixels]`` to ``[B, N]``.
+    """
     gen = torch.Generator().manual_seed(seed)
-    neurons = torch.randint(int(data.num_nodes), (num_pixels,), generator=gen)
+    n = int(data.num_nodes)
+    if neurons is not None and (neurons.dtype != torch.bool or tuple(neurons.shape) != (n,) or not neurons.any()):
+        raise ValueError(f"random_pixels: neurons must be a BoolTensor [{n}] selecting at least one neuron, got "
+                         f"{neurons.dtype} {list(neurons.shape)} selecting {int(neurons.sum())}")
+    pool = torch.arange(n) if neurons is None else torch.nonzero(neurons.cpu()).flatten()
+    neurons = pool[torch.randint(len(pool), (num_pixels,), generator=gen)]
     index = torch.stack([neurons, torch.arange(num_pixels)])
     return SparseProjection(index, torch.ones(num_pixels), int(data.num_nodes), num_pixels, gain=gain)
