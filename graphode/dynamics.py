@@ -72,9 +72,10 @@ class Stimulus:
             to the first and last frame), so a fixed-step solve at ``dt`` from ``t0`` reads
             frame ``k`` throughout step ``k`` however time is rounded, as long as the
             solver's accumulated time is off by less than half a step (float64 time: any
-            length; float32 time, which torchode accumulates step by step, drifts by about
-            0.01 step after 1,000 steps of 20 ms and 0.5 after 10,000). The stages of a
-            multi-stage method read the frame of the step time nearest to them.
+            length; float32 time, which torchode accumulates step by step, drifts by 0.01
+            step in 1,000 steps of 20 ms and first reads a neighbour's frame after about
+            11,000). The stages of a multi-stage method read the frame of the step time
+            nearest to them.
         fn: alternatively a callable ``fn(t: [B]) -> [B, F]``.
 
     ``tensors()`` lists the tensors the stimulus depends on, so that adjoint methods can
