@@ -40,6 +40,8 @@ def test_direction_selectivity_hand_checked():
     assert float(direction_selectivity_index(on, ANGLES, normalisation=norm)) == pytest.approx(0.5)
     assert float(angular_distance(350.0, 10.0)) == pytest.approx(20.0)
     assert float(angular_distance(0.0, 180.0)) == pytest.approx(180.0)
+    # no response, or opposite directions alike: no preferred direction
+    assert preferred_direction(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]]), ANGLES).isnan().all()
     with pytest.raises(ValueError, match=">= 0"):
         direction_selectivity_index(-peaks, ANGLES)
     with pytest.raises(ValueError, match="angles"):

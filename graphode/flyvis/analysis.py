@@ -137,12 +137,14 @@ def direction_selectivity_index(peaks: Tensor, angles, *, normalisation: Tensor 
 
 
 def preferred_direction(peaks: Tensor, angles) -> Tensor:
-    """The direction of ``Σ_θ r(θ) e^{iθ}`` in degrees, in ``[0, 360)``.
+    """The direction of ``Σ_θ r(θ) e^{iθ}`` in degrees, in ``[0, 360)``; NaN where the sum is
+    0 (no response, or equal responses in opposite directions: no preferred direction).
 
     Shapes: ``peaks [..., A]``, ``angles [A]`` → float64 ``[...]``.
     """
     vector = _vector_sum(peaks, angles)
-    return torch.rad2deg(torch.angle(vector)) % 360.0
+    angle = torch.rad2deg(torch.angle(vector)) % 360.0
+    return torch.where(vector.abs() > 1e-12 * peaks.double().abs().sum(-1).clamp_min(1e-300), angle, torch.nan)
 
 
 def angular_distance(a: Tensor | float, b: Tensor | float) -> Tensor:
@@ -182,7 +184,7 @@ def flash_responses(
     ])
     v0 = _initial(dynamics, 2, dt, graph, t_pre)
     with torch.no_grad():
-        states = simulate(dynamics, frames.to(v0.dtype), v0, dt, graph=graph)
+        states = simulate(dynamics, frames.to(v0), v0, dt, graph=graph)
     responses = central_responses(states, data).transpose(1, 2)  # [2, K, T]
     onset = int(round(t_pre / dt))
     window = slice(onset - 1, onset + int(round(t_stim / dt)))  # states after steps onset-1 … end
@@ -198,13 +200,17 @@ def moving_edge_responses(
     intensities: Sequence[float] = (1.0, 0.0),
     dt: float = PUBLISHED_DT,
     t_pre: float = 0.5,
+    relative: bool = False,
     graph=None,
     **edge_options,
 ) -> Tensor:
     """Central responses to ON and OFF edges moving in each direction, during the sweep.
 
     Runs :func:`~graphode.flyvis.stimuli.moving_edge` for every (intensity, angle) from the
-    grey steady state (``t_pre`` of grey) and keeps the sweep's frames.
+    grey steady state (``t_pre`` of grey) and keeps the sweep's frames: the voltages
+    (published), or with ``relative=True`` their change from the state at the sweep's onset
+    (so that a cell below 0 at rest, whose rectified voltage is 0 whatever the stimulus,
+    still shows its tuning).
 
     Returns:
         ``[I, A, K, T_sweep]`` (intensities, angles, central cells, steps).
@@ -217,8 +223,10 @@ def moving_edge_responses(
     frames = torch.stack(movies)
     v0 = _initial(dynamics, frames.size(0), dt, graph, t_pre)
     with torch.no_grad():
-        states = simulate(dynamics, frames.to(v0.dtype), v0, dt, graph=graph)
+        states = simulate(dynamics, frames.to(v0), v0, dt, graph=graph)
     pre = int(round(t_pre / dt))
+    if relative:  # the change from the state at the sweep's onset
+        states = states - (states[:, pre - 1:pre] if pre > 0 else v0[:, None])
     responses = central_responses(states[:, pre:], data).transpose(1, 2)  # [I·A, K, T]
     return responses.reshape(len(intensities), len(angles), *responses.shape[1:])
 
@@ -256,7 +264,7 @@ def receptive_field(
         ])
         v0 = _initial(dynamics, frames.size(0), dt, graph, 1.0)
         with torch.no_grad():
-            trace = simulate(dynamics, frames.to(v0.dtype), v0, dt, graph=graph)[..., cell] - v0[:, cell:cell + 1]
+            trace = simulate(dynamics, frames.to(v0), v0, dt, graph=graph)[..., cell] - v0[:, cell:cell + 1]
         peak = trace.gather(1, trace.abs().argmax(1, keepdim=True)).squeeze(1)
         out.append(peak)
     return torch.cat(out)
