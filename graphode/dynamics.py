@@ -572,6 +572,8 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
         if "per_type" in (tau_mode, bias_mode):
             options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
         if isinstance(weights, SynapseWeights):
+            if gain != 1.0 or dale is not True:
+                raise ValueError("gain= and dale= belong to the SynapseWeights given as weights=: set them there")
             synapses = weights
         else:
             synapses = SynapseWeights.from_data(data, weights, gain=gain, dale=dale)

@@ -226,8 +226,11 @@ def synapse_magnitude(data, mode: str | None = None) -> Tensor:
 
 
 def mean_count_per_type(data, num_edge_types: int | None = None) -> Tensor:
-    """The mean ``syn_count`` of each edge type's connections in ``data``: float64
-    ``[num_edge_types]``, 0 for a type without connections."""
+    """The mean ``syn_count`` of each edge type's connections in ``data`` (0 for a type
+    without connections).
+
+    Shapes: ``data.syn_count [E]``, ``data.edge_type [E]`` → float64 ``[num_edge_types]``.
+    """
     size = vocabulary_size(data, "edge_type") if num_edge_types is None else int(num_edge_types)
     count = synapse_magnitude(data, "count_per_type").double().cpu()
     codes = data.edge_type.long().cpu()

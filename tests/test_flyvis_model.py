@@ -276,6 +276,11 @@ def test_published_dynamics_options_and_errors():
         torch.testing.assert_close(simulate(shared, frames, v, graph=data), simulate(bound, frames, v))
     with pytest.raises(ValueError, match="needs the graph"):
         simulate(shared, frames, v)
+    # a SynapseWeights given as weights= carries its own gain and sign rule
+    from graphode.dynamics import BoundDynamics
+    from graphode.synapses import SynapseWeights
+    with pytest.raises(ValueError, match="belong to the SynapseWeights"):
+        BoundDynamics(data, weights=SynapseWeights.from_data(data, "count_per_type"), gain=2.0)
     # the per-type initial values are checked
     with pytest.raises(ValueError, match="initial values"):
         ConnectomeDynamics(num_cell_types=3, num_edge_types=2, bias=torch.zeros(4))
@@ -283,3 +288,21 @@ def test_published_dynamics_options_and_errors():
         ConnectomeDynamics(num_cell_types=3, num_edge_types=2, tau_bound="relu")
     assert math.isclose(float(ConnectomeDynamics(num_cell_types=2, num_edge_types=1, tau=torch.tensor([0.3, 0.4]),
                                                  tau_min=0.02, tau_bound="clamp").tau_raw[1]), 0.4, rel_tol=1e-6)
+
+
+def test_count_per_type_strengths_are_shared_across_a_batch_of_graphs():
+    from torch_geometric.data import Batch
+
+    from graphode.synapses import SynapseWeights
+
+    small, large = fly_visual_system(1), fly_visual_system(2)
+    synapses = SynapseWeights.from_data(large, "count_per_type")
+    batch = Batch.from_data_list([small, large])
+    w = synapses.of(batch)
+    alpha = synapses.theta.detach()
+    for graph, part in zip((small, large), torch.split(w.detach(), [small.num_edges, large.num_edges])):
+        torch.testing.assert_close(part, graph.sign * graph.syn_count * alpha[graph.edge_type], rtol=0, atol=0)
+    # the raw counts, not the normalised syn_weight; a graph without syn_count is refused
+    del small.syn_count
+    with pytest.raises(ValueError, match="raw synapse counts"):
+        synapses.of(small)

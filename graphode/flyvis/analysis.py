@@ -50,7 +50,10 @@ __all__ = [
 
 
 def type_index(data, names: Sequence[str]) -> list[int]:
-    """The cell-type codes of ``names`` (raises naming an unknown type)."""
+    """The cell-type codes of ``names`` (raises naming an unknown type).
+
+    Shapes: ``names`` of length K → a list of K ints.
+    """
     known = list(data.cell_type_names)
     missing = [n for n in names if n not in known]
     if missing:
@@ -148,7 +151,10 @@ def preferred_direction(peaks: Tensor, angles) -> Tensor:
 
 
 def angular_distance(a: Tensor | float, b: Tensor | float) -> Tensor:
-    """The smallest angle between directions ``a`` and ``b`` (degrees), in ``[0, 180]``."""
+    """The smallest angle between directions ``a`` and ``b`` (degrees), in ``[0, 180]``.
+
+    Shapes: ``a``, ``b`` broadcastable → float64 of their broadcast shape.
+    """
     d = (torch.as_tensor(a, dtype=torch.float64) - torch.as_tensor(b, dtype=torch.float64)) % 360.0
     return torch.minimum(d, 360.0 - d)
 
@@ -176,6 +182,8 @@ def flash_responses(
 
     Returns:
         ``(on, off)``, each ``[K, T_window]`` (K central cells, in cell-type order).
+
+    Shapes: → two ``[K, round(t_stim/dt) + 1]``.
     """
     extent = _extent(data)
     frames = torch.stack([
@@ -214,6 +222,8 @@ def moving_edge_responses(
 
     Returns:
         ``[I, A, K, T_sweep]`` (intensities, angles, central cells, steps).
+
+    Shapes: ``angles [A]``, ``intensities [I]`` → ``[I, A, K, T_sweep]``.
     """
     extent = _extent(data)
     movies = [
@@ -248,6 +258,8 @@ def receptive_field(
 
     Returns:
         ``[C]`` one value per column (columns in :func:`~graphode.flyvis.hex_columns` order).
+
+    Shapes: → ``[C]``.
     """
     extent = _extent(data)
     code = type_index(data, [cell_type])[0]

@@ -73,7 +73,10 @@ def resting_potentials(num_types: int = 65, *, mean: float = 0.5, std: float = 0
 
 def lattice_extent(data) -> int:
     """The lattice radius of a fly visual system graph: the largest hexagonal distance
-    ``max(|u|, |v|, |u + v|)`` of its photoreceptors' columns."""
+    ``max(|u|, |v|, |u + v|)`` of its photoreceptors' columns.
+
+    Shapes: ``data.uv [N, 2]`` → an int.
+    """
     uv = _input_columns(data)
     return int(torch.stack([uv[:, 0].abs(), uv[:, 1].abs(), (uv[:, 0] + uv[:, 1]).abs()]).max())
 
@@ -124,7 +127,10 @@ def photoreceptor_projection(data) -> SparseProjection:
 def frame_stimulus(frames: Tensor, dt: float = PUBLISHED_DT, t0: float = 0.0) -> Stimulus:
     """Column frames ``[B, T, C]`` as a stimulus indexed by step: frame ``k`` at step ``k``
     of a fixed-step solve at ``dt`` from ``t0`` (:class:`~graphode.dynamics.Stimulus` with
-    ``dt=``)."""
+    ``dt=``).
+
+    Shapes: ``frames [B, T, C]`` → a stimulus giving ``[B, C]`` at each time.
+    """
     if not isinstance(frames, Tensor) or frames.dim() != 3:
         raise ValueError(f"frames must be a [B, T, C] tensor, got {getattr(frames, 'shape', type(frames).__name__)}")
     return Stimulus(values=frames, dt=dt, t0=t0)
@@ -223,6 +229,8 @@ def simulate(
     Returns:
         ``[B, T, N]``: entry ``k`` is the state after step ``k`` (at ``t0 + (k+1)·dt``), as
         the published code returns it.
+
+    Shapes: ``frames [B, T, F]``, ``v0 [B, N]`` (or ``[1, N]``) → ``[B, T, N]``.
     """
     if not isinstance(frames, Tensor) or frames.dim() != 3 or frames.size(1) == 0:
         raise ValueError(f"frames must be [B, T, F] with T >= 1, got {getattr(frames, 'shape', None)}")
@@ -321,7 +329,10 @@ def _stimulus_features(dynamics, num_nodes: int) -> int:
 
 def central_cells(data) -> Tensor:
     """The neurons of the central column ``(0, 0)``, one per cell type present there, in cell
-    type order: int64 ``[K]`` (the published analyses and activity penalty read these)."""
+    type order (the published analyses and activity penalty read these).
+
+    Shapes: → int64 ``[K]``.
+    """
     uv = data.uv
     index = torch.nonzero((uv[:, 0] == 0) & (uv[:, 1] == 0)).flatten()
     return index[torch.argsort(data.cell_type[index], stable=True)]

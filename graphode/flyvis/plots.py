@@ -25,7 +25,10 @@ __all__ = ["hex_positions", "hex_map", "hex_frames", "polar_tuning", "traces"]
 
 
 def hex_positions(extent: int) -> np.ndarray:
-    """Drawing positions of the columns (published orientation, regular spacing): ``[C, 2]``."""
+    """Drawing positions of the columns (published orientation, regular spacing).
+
+    Shapes: → float64 ``[C, 2]``.
+    """
     uv = hex_columns(extent).astype(np.float64)
     return np.stack([math.sqrt(3) / 2 * uv[:, 1], -(uv[:, 0] + 0.5 * uv[:, 1])], axis=1)
 
@@ -79,6 +82,8 @@ def hex_map(
         extent: the lattice radius.
         symmetric: a colour scale symmetric about 0 (for signed maps).
         path: where to save the figure (PNG by its suffix), or None.
+
+    Shapes: ``values [C]`` → a matplotlib ``Figure``.
     """
     array = _values(values, extent)
     if symmetric:
@@ -97,7 +102,10 @@ def hex_map(
 
 def hex_frames(frames: Tensor, extent: int, steps: Sequence[int], *, dt: float = 0.02, title: str = "",
                path: str | Path | None = None) -> Figure:
-    """Frames ``[T, C]`` of a stimulus at the given steps, side by side (grey scale, 0 to 1)."""
+    """Frames of a stimulus at the given steps, side by side (grey scale, 0 to 1).
+
+    Shapes: ``frames [T, C]`` → a matplotlib ``Figure``.
+    """
     if frames.dim() != 2:
         raise ValueError(f"frames must be [T, C], got {tuple(frames.shape)}")
     fig = Figure(figsize=(2.2 * len(steps), 2.4))
@@ -119,7 +127,10 @@ def polar_tuning(
     path: str | Path | None = None,
 ) -> Figure:
     """Tuning curves ``r(θ)`` on polar axes, one panel per name; ``marks`` draws a known
-    direction (degrees) per name as a line."""
+    direction (degrees) per name as a line.
+
+    Shapes: ``angles [A]``, each curve ``[A]`` → a matplotlib ``Figure``.
+    """
     names = list(curves)
     if not names:
         raise ValueError("curves is empty")
@@ -154,7 +165,10 @@ def traces(
     ylabel: str = "voltage",
     path: str | Path | None = None,
 ) -> Figure:
-    """Responses over time, one line per name (``[T]`` each, step ``dt`` from ``t0``)."""
+    """Responses over time, one line per name (step ``dt`` from ``t0``).
+
+    Shapes: each response ``[T]`` → a matplotlib ``Figure``.
+    """
     fig = Figure(figsize=(6, 3.2))
     ax = fig.add_subplot()
     for name, r in responses.items():

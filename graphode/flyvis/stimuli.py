@@ -66,7 +66,10 @@ def visual_coordinates(extent: int) -> Tensor:
 
 
 def hex_distance(extent: int, centre: tuple[int, int] = (0, 0)) -> Tensor:
-    """The hexagonal distance of each column from ``centre``: int64 ``[C]``."""
+    """The hexagonal distance of each column from ``centre``.
+
+    Shapes: → int64 ``[C]``.
+    """
     uv = torch.from_numpy(hex_columns(extent))
     du, dv = uv[:, 0] - centre[0], uv[:, 1] - centre[1]
     return torch.stack([du.abs(), dv.abs(), (du + dv).abs()]).max(0).values
@@ -90,7 +93,10 @@ def _intensity(value: float, what: str = "intensity") -> float:
 
 
 def grey(extent: int, steps: int, value: float = BACKGROUND) -> Tensor:
-    """``steps`` uniform frames of ``value``: float32 ``[steps, C]``."""
+    """``steps`` uniform frames of ``value``.
+
+    Shapes: → float32 ``[steps, C]``.
+    """
     return torch.full((int(steps), len(hex_columns(extent))), _intensity(value, "value"))
 
 
