@@ -47,7 +47,7 @@ from ._layout import node_major
 from .field import VectorField
 from .gap_junctions import GapJunctions
 from .layer import AutoBackend, ConnectomeConv
-from .synapses import SynapseWeights, check_synapses, inverse_softplus, synapse_magnitude, vocabulary_size
+from .synapses import TYPE_MODES, SynapseWeights, check_synapses, inverse_softplus, synapse_magnitude, vocabulary_size
 
 __all__ = [
     "ConnectomeDynamics", "BoundDynamics", "Stimulus", "as_stimulus", "Perturbation",
@@ -55,56 +55,99 @@ __all__ = [
 ]
 
 NODE_MODES = ("per_type", "shared", "fixed", "per_neuron")
+TAU_BOUNDS = ("softplus", "clamp")
 
 
 class Stimulus:
-    """A stimulus ``u(t)``: constant, sampled in time, or any function of time.
+    """A stimulus ``u(t)``: constant, sampled in time, frames indexed by step, or any
+    function of time.
 
     Args:
-        values: ``[B, F]`` constant, or ``[B, S, F]`` sampled at ``times``.
-        times: ``[S]`` increasing sample times (needed for sampled values).
-        interpolation: ``"linear"`` or ``"constant"`` (previous sample; piecewise constant)
-            between samples; values are held outside ``[times[0], times[-1]]``.
+        values: ``[B, F]`` constant, or ``[B, S, F]`` sampled at ``times`` (or frames of
+            ``dt``).
+        times: ``[S]`` increasing sample times (for sampled values).
+        interpolation: ``"linear"`` (default) or ``"constant"`` (previous sample; piecewise
+            constant) between samples; values are held outside ``[times[0], times[-1]]``.
+        dt, t0: alternatively to ``times``, ``values`` are frames: frame ``k`` is the
+            stimulus of the step that starts at ``t0 + k·dt``. The frame read at time ``t``
+            is the nearest step's, ``k = round((t − t0)/dt)`` (computed in float64, clamped
+            to the first and last frame), so a fixed-step solve at ``dt`` from ``t0`` reads
+            frame ``k`` throughout step ``k`` however time is rounded, as long as the
+            solver's accumulated time is off by less than half a step (float64 time: any
+            length; float32 time, which torchode accumulates step by step, drifts by 0.01
+            step in 1,000 steps of 20 ms and first reads a neighbour's frame after about
+            11,000). The stages of a multi-stage method read the frame of the step time
+            nearest to them.
         fn: alternatively a callable ``fn(t: [B]) -> [B, F]``.
 
     ``tensors()`` lists the tensors the stimulus depends on, so that adjoint methods can
     return gradients for them.
+
+    Shapes: ``__call__(t [B])`` → ``[B, F]``.
     """
 
     def __init__(
         self,
         values: Tensor | None = None,
         times: Tensor | None = None,
-        interpolation: str = "linear",
+        interpolation: str | None = None,
         fn: Callable[[Tensor], Tensor] | None = None,
+        *,
+        dt: float | None = None,
+        t0: float = 0.0,
     ):
         if (values is None) == (fn is None):
             raise ValueError("give exactly one of values= or fn=")
-        if interpolation not in ("linear", "constant"):
+        if interpolation not in (None, "linear", "constant"):
             raise ValueError(f"interpolation must be 'linear' or 'constant', got {interpolation!r}")
-        if values is not None:
+        if dt is not None:
+            if times is not None or interpolation is not None:
+                raise ValueError("frames (dt=) are indexed by step: give neither times= nor interpolation= with them")
+            if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):
+                raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
+            if not math.isfinite(t0):
+                raise ValueError(f"t0 must be finite, got {t0!r}")
+            if values is None or values.dim() != 3 or values.size(1) == 0:
+                got = None if values is None else tuple(values.shape)
+                raise ValueError(f"frames (dt=) must be values [B, T, F] with T >= 1, got {got}")
+        elif values is not None:
             if values.dim() == 3:
                 if times is None or times.dim() != 1 or times.numel() != values.size(1):
-                    raise ValueError(f"sampled values [B, S, F] need times [S]; got values {tuple(values.shape)}")
+                    raise ValueError(
+                        f"sampled values [B, S, F] need times [S] (or dt= for frames); got values {tuple(values.shape)}"
+                    )
                 if not bool(torch.isfinite(times).all()):
                     raise ValueError("stimulus times hold NaN or inf")
                 if times.numel() > 1 and not bool((times[1:] > times[:-1]).all()):
                     raise ValueError("stimulus times must be strictly increasing")
             elif values.dim() != 2:
                 raise ValueError(f"stimulus values must be [B, F] or [B, S, F], got {tuple(values.shape)}")
+        if values is not None:
             if not values.is_floating_point():
                 raise TypeError(f"stimulus values must be floating point, got {values.dtype}: use values.float()")
             if not bool(torch.isfinite(values).all()):
                 bad = (~torch.isfinite(values)).nonzero()[0].tolist()
                 raise ValueError(f"stimulus values hold NaN or inf (first at index {bad}); a drive must be finite")
-        self.values, self.times, self.interpolation, self.fn = values, times, interpolation, fn
+        self.values, self.times, self.fn = values, times, fn
+        self.interpolation = "linear" if interpolation is None else interpolation
+        self.dt, self.t0 = (None if dt is None else float(dt)), float(t0)
 
     def tensors(self) -> tuple[Tensor, ...]:
         return () if self.values is None else (self.values,)
 
     def with_tensors(self, tensors) -> "Stimulus":
         """The same stimulus reading ``tensors`` (as :meth:`tensors` lists them)."""
+        if self.dt is not None:
+            return Stimulus(values=tensors[0], dt=self.dt, t0=self.t0)
         return Stimulus(values=tensors[0], times=self.times, interpolation=self.interpolation)
+
+    def frame_index(self, t: Tensor) -> Tensor:
+        """Frames (``dt=``): the frame index ``[B]`` read at times ``t`` (``[B]`` or scalar)."""
+        if self.dt is None:
+            raise ValueError("frame_index needs frames (Stimulus(values=[B, T, F], dt=...))")
+        b, frames = self.values.size(0), self.values.size(1)
+        steps = (t.detach().to(torch.float64).reshape(-1) - self.t0) / self.dt
+        return torch.round(steps).clamp(0, frames - 1).long().expand(b).to(self.values.device)
 
     def __call__(self, t: Tensor) -> Tensor:
         """``t``: ``[B]`` (or scalar) → ``[B, F]``."""
@@ -112,6 +155,9 @@ class Stimulus:
             return self.fn(t)
         if self.values.dim() == 2:
             return self.values
+        if self.dt is not None:
+            rows = torch.arange(self.values.size(0), device=self.values.device)
+            return self.values[rows, self.frame_index(t)]
         times = self.times.to(self.values.dtype)
         b = self.values.size(0)
         t = t.to(times.dtype).reshape(-1)
@@ -227,18 +273,23 @@ class ConnectomeDynamics(VectorField):
     Args:
         num_cell_types: size of the cell-type vocabulary (``per_type`` τ and b); the graphs'
             ``cell_type`` codes must lie in ``[0, num_cell_types)``.
-        num_edge_types: size of the edge-type vocabulary (``weights="per_edge_type"``).
+        num_edge_types: size of the edge-type vocabulary (``weights="per_edge_type"`` or
+            ``"count_per_type"``).
         activation: neuron nonlinearity ``f`` (see :class:`~graphode.layer.ConnectomeConv`).
         backend: message-passing backend (a name or a backend object, see :mod:`graphode.layer`).
-        weights: ``per_edge_type`` or ``fixed`` (see :mod:`graphode.synapses`), or a
+        weights: ``per_edge_type``, ``count_per_type`` or ``fixed`` (see :mod:`graphode.synapses`), or a
             :class:`~graphode.synapses.SynapseWeights`.
         gain: scale of the synaptic magnitudes (> 0).
         dale: keep synapse signs fixed.
-        tau: initial time constant (> ``tau_min``), in the time units of the solve.
+        tau: initial time constant (> ``tau_min``), in the time units of the solve: a number,
+            or one value per parameter (``[num_cell_types]`` for ``per_type``).
         tau_mode, bias_mode: ``per_type`` (one per cell type), ``shared`` (one learnable
             value), ``fixed`` (no parameter).
         tau_min: lower bound of τ (keeps the system from becoming arbitrarily stiff).
-        bias: initial resting drive ``b``.
+        tau_bound: how τ stays above ``tau_min``: ``"softplus"`` (``τ = tau_min +
+            softplus(θ)``, smooth) or ``"clamp"`` (``τ = max(θ, tau_min)``, θ the time
+            constant itself: the published fly visual system model, with ``tau_min = dt``).
+        bias: initial resting drive ``b``: a number, or one value per parameter.
         node_input: a learnable drive per neuron from node features and per-graph stimuli
             (:class:`~graphode.inputs.NodeDrive`), added to ``b``.
         input_projection: a module mapping stimulus features ``[B, F]`` to drive ``[B, N]``;
@@ -272,10 +323,11 @@ class ConnectomeDynamics(VectorField):
         weights: str | SynapseWeights = "per_edge_type",
         gain: float = 1.0,
         dale: bool = True,
-        tau: float = 1.0,
+        tau: float | Tensor = 1.0,
         tau_mode: str = "per_type",
         tau_min: float = 0.05,
-        bias: float = 0.0,
+        tau_bound: str = "softplus",
+        bias: float | Tensor = 0.0,
         bias_mode: str = "per_type",
         node_input: nn.Module | None = None,
         input_projection: nn.Module | None = None,
@@ -292,10 +344,13 @@ class ConnectomeDynamics(VectorField):
                 "ConnectomeDynamics.from_data(data, ...) or vocabulary sizes, or use BoundDynamics(data, ...) "
                 "for one fixed connectome"
             )
-        if not (math.isfinite(tau) and math.isfinite(tau_min) and tau_min >= 0 and tau > tau_min):
-            raise ValueError(f"tau ({tau}) must be finite and exceed tau_min ({tau_min} >= 0)")
-        if not math.isfinite(bias):
-            raise ValueError(f"bias must be finite, got {bias}")
+        tau, bias = torch.as_tensor(tau, dtype=torch.float64), torch.as_tensor(bias, dtype=torch.float64)
+        if not (bool(torch.isfinite(tau).all()) and math.isfinite(tau_min) and tau_min >= 0 and bool((tau > tau_min).all())):
+            raise ValueError(f"tau ({tau.tolist()}) must be finite and exceed tau_min ({tau_min} >= 0)")
+        if not bool(torch.isfinite(bias).all()):
+            raise ValueError(f"bias must be finite, got {bias.tolist()}")
+        if tau_bound not in TAU_BOUNDS:
+            raise ValueError(f"tau_bound must be one of {', '.join(TAU_BOUNDS)}, got {tau_bound!r}")
         self.num_cell_types = None if num_cell_types is None else int(num_cell_types)
         self.conv = ConnectomeConv(activation=activation, backend=backend)
         if isinstance(weights, SynapseWeights):
@@ -316,12 +371,12 @@ class ConnectomeDynamics(VectorField):
             if isinstance(gap_backend, AutoBackend):
                 gap_backend = AutoBackend(gap_backend.candidates, gap_backend.repeats)
             self.gap_conv = ConnectomeConv(activation="identity", backend=gap_backend)
-        self.tau_min = float(tau_min)
+        self.tau_min, self.tau_bound = float(tau_min), tau_bound
         if fuse not in (None, True, False):
             raise ValueError(f"fuse must be None, True or False, got {fuse!r}")
         self.fuse = fuse
         self.tau_mode, self.bias_mode = tau_mode, bias_mode
-        raw_tau = float(inverse_softplus(torch.tensor(tau - tau_min)))
+        raw_tau = tau.float() if tau_bound == "clamp" else inverse_softplus((tau - tau_min).float())
         self._node_parameter("tau_raw", raw_tau, tau_mode, num_nodes)
         self._node_parameter("bias", bias, bias_mode, num_nodes)
         self.node_input = node_input
@@ -336,34 +391,45 @@ class ConnectomeDynamics(VectorField):
         whole dataset's vocabulary instead."""
         if "per_type" in (options.get("tau_mode", "per_type"), options.get("bias_mode", "per_type")):
             options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
-        if options.get("weights", "per_edge_type") == "per_edge_type":
+        weights = options.get("weights", "per_edge_type")
+        if weights in TYPE_MODES:
             options.setdefault("num_edge_types", vocabulary_size(data, "edge_type"))
         if options.get("gap_junctions") == "per_type":
             options.setdefault("num_gap_types", vocabulary_size(data, "gap_type"))
+        if weights == "count_per_type":  # its initial strengths come from the graph's counts
+            options["weights"] = SynapseWeights.from_data(
+                data, weights, num_edge_types=options["num_edge_types"],
+                gain=options.pop("gain", 1.0), dale=options.pop("dale", True),
+            )
         return cls(**options)
 
-    def _node_parameter(self, name: str, value: float, mode: str, num_nodes: int | None) -> None:
-        """Register ``name``: one value per cell type, one shared, one fixed, or one per neuron."""
-        if mode == "per_type":
-            if self.num_cell_types is None or self.num_cell_types < 1:
-                raise ValueError(
-                    f"{name.replace('_raw', '')}_mode='per_type' needs num_cell_types >= 1 (the cell-type "
-                    f"vocabulary), got {self.num_cell_types}; or choose 'shared' or 'fixed'"
-                )
-            setattr(self, name, nn.Parameter(torch.full((self.num_cell_types,), value)))
-        elif mode == "shared":
-            setattr(self, name, nn.Parameter(torch.full((1,), value)))
-        elif mode == "fixed":
-            self.register_buffer(name, torch.full((1,), value))
-        elif mode == "per_neuron":
-            if num_nodes is None:
-                raise ValueError(
-                    f"{name.replace('_raw', '')}_mode='per_neuron' has one parameter per neuron of one "
-                    "connectome: use BoundDynamics(data, ...)"
-                )
-            setattr(self, name, nn.Parameter(torch.full((num_nodes,), value)))
-        else:
+    def _node_parameter(self, name: str, value: Tensor, mode: str, num_nodes: int | None) -> None:
+        """Register ``name``: one value per cell type, one shared, one fixed, or one per neuron;
+        ``value`` is one number for all, or one per parameter."""
+        label = name.replace("_raw", "")
+        if mode not in NODE_MODES:
             raise ValueError(f"unknown parameter mode {mode!r}; choose from {', '.join(NODE_MODES)}")
+        if mode == "per_type" and (self.num_cell_types is None or self.num_cell_types < 1):
+            raise ValueError(
+                f"{label}_mode='per_type' needs num_cell_types >= 1 (the cell-type "
+                f"vocabulary), got {self.num_cell_types}; or choose 'shared' or 'fixed'"
+            )
+        if mode == "per_neuron" and num_nodes is None:
+            raise ValueError(
+                f"{label}_mode='per_neuron' has one parameter per neuron of one "
+                "connectome: use BoundDynamics(data, ...)"
+            )
+        size = {"per_type": self.num_cell_types, "per_neuron": num_nodes}.get(mode, 1)
+        value = value.float().reshape(-1)
+        if value.numel() == 1:
+            value = value.expand(size)
+        elif value.numel() != size:
+            raise ValueError(f"{label} gives {value.numel()} initial values; {label}_mode={mode!r} has {size} parameters")
+        value = value.clone()
+        if mode == "fixed":
+            self.register_buffer(name, value)
+        else:
+            setattr(self, name, nn.Parameter(value))
 
     # -- prepare: once per solve ---------------------------------------------------------
     def graph_inputs(self, graph) -> GraphInputs:
@@ -382,12 +448,12 @@ class ConnectomeDynamics(VectorField):
         sign = magnitude = edge_type = cell_type = None
         if mode != "per_edge" or self.synapses.dale:
             sign = _required(graph, "sign", f"weights={mode!r}")
-            magnitude = None if mode == "per_edge" else synapse_magnitude(graph)  # per_edge reads signs only
+            magnitude = None if mode == "per_edge" else synapse_magnitude(graph, mode)  # per_edge reads signs only
             check_synapses(sign, magnitude)
         for key, value in (("sign", sign), ("syn_weight/syn_count", magnitude)):
             if value is not None and value.shape != (e,):
                 raise ValueError(f"graph.{key} must be [E] = [{e}] (one per edge), got {tuple(value.shape)}")
-        if mode == "per_edge_type":
+        if mode in TYPE_MODES:
             edge_type = _codes(graph, "edge_type", self.synapses.num_edge_types, f"weights={mode!r}")
             if edge_type.shape != (e,):
                 raise ValueError(f"graph.edge_type must be [E] = [{e}], got {tuple(edge_type.shape)}")
@@ -446,7 +512,11 @@ class ConnectomeDynamics(VectorField):
             gain = p.output_gain(index, g.num_nodes)
             if gain is not None:
                 weights = weights * gain.to(weights.device, weights.dtype)[g.edge_index[0]]
-        tau = self._node_values(self.tau_min + F.softplus(self.tau_raw), self.tau_mode, g.cell_type, g.num_nodes)
+        if self.tau_bound == "clamp":  # max(θ, τ_min): no gradient below the floor, as published
+            tau = torch.maximum(self.tau_raw, self.tau_raw.new_tensor(self.tau_min))
+        else:
+            tau = self.tau_min + F.softplus(self.tau_raw)
+        tau = self._node_values(tau, self.tau_mode, g.cell_type, g.num_nodes)
         bias = self._node_values(self.bias, self.bias_mode, g.cell_type, g.num_nodes)
         if weights.dtype != tau.dtype:  # a graph stored in another precision than the module
             weights = weights.to(tau.dtype)
@@ -563,7 +633,7 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
         one, so the solver's ``args`` are ``(stimulus,)``.
     """
 
-    def __init__(self, data, *, weights: str = "per_edge", tau_mode: str = "per_type", bias_mode: str = "per_type",
+    def __init__(self, data, *, weights: str | SynapseWeights = "per_edge", tau_mode: str = "per_type", bias_mode: str = "per_type",
                  gain: float = 1.0, dale: bool = True, gap_junctions: str | GapJunctions | None = None, **options):
         if getattr(data, "cell_type", None) is None:
             tau_mode = "per_neuron" if tau_mode == "per_type" else tau_mode
@@ -571,7 +641,12 @@ class BoundDynamics(GraphTensors, ConnectomeDynamics):
         n = int(data.num_nodes)
         if "per_type" in (tau_mode, bias_mode):
             options.setdefault("num_cell_types", vocabulary_size(data, "cell_type"))
-        synapses = SynapseWeights.from_data(data, weights, gain=gain, dale=dale)
+        if isinstance(weights, SynapseWeights):
+            if gain != 1.0 or dale is not True:
+                raise ValueError("gain= and dale= belong to the SynapseWeights given as weights=: set them there")
+            synapses = weights
+        else:
+            synapses = SynapseWeights.from_data(data, weights, gain=gain, dale=dale)
         if isinstance(gap_junctions, str):
             gap_junctions = GapJunctions.from_data(data, gap_junctions)
         super().__init__(weights=synapses, tau_mode=tau_mode, bias_mode=bias_mode, num_nodes=n,

@@ -7,7 +7,11 @@ Every mapping is a :class:`SparseProjection` from ``F`` stimulus features to ``N
     the physically meaningful retina of the fly visual system: each photoreceptor
     (``data.input_mask``, R1–R8) reads the image intensity at its column's position, by
     bilinear interpolation. The hexagonal lattice is centred on the image and scaled so
-    that its outermost columns sit ``margin`` pixels inside the image border.
+    that its outermost columns sit ``margin`` pixels inside the image border. Two
+    orientations (:func:`retina_pixel_coordinates`): ``"published"``, the published model's
+    eye, where the image row grows with ``u + v/2`` and the image column with ``v``; and
+    ``"lattice"`` (default), the Cartesian layout of ``data.pos`` drawn with y up, rotated by
+    about 90° from it.
 :func:`random_pixels`
     the torch-biopl tutorial's mapping: every pixel drives one uniformly random neuron.
 :class:`SparseProjection`
@@ -24,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SparseProjection", "NodeDrive", "hex_retina", "random_pixels"]
+__all__ = ["SparseProjection", "NodeDrive", "hex_retina", "random_pixels", "retina_pixel_coordinates", "ORIENTATIONS"]
 
 
 class SparseProjection(nn.Module):
@@ -163,20 +167,47 @@ class NodeDrive(nn.Module):
         return next(self.parameters()).dtype
 
 
-def retina_pixel_coordinates(pos: Tensor, image_size: tuple[int, int], margin: float = 1.0) -> Tensor:
+ORIENTATIONS = ("lattice", "published")
+
+
+def retina_pixel_coordinates(
+    pos: Tensor, image_size: tuple[int, int], margin: float = 1.0, orientation: str = "lattice"
+) -> Tensor:
     """Pixel coordinates ``(row, col)`` ``[K, 2]`` of lattice positions ``pos [K, 2]``.
 
-    The lattice is centred on the image; its farthest position lands ``margin`` pixels
-    inside the nearest border. Image rows grow downwards, lattice y upwards.
+    ``pos`` is the Cartesian layout of :func:`~graphode.flyvis.hex_to_cartesian`,
+    ``(x, y) = (u + v/2, (√3/2)·v)`` for axial columns ``(u, v)``. The lattice is centred
+    on the image and scaled so that its farthest position lands ``margin`` pixels inside the
+    nearest border.
+
+    ``orientation``:
+
+    * ``"published"``: the published model's eye (flyvis' ``BoxEye``/``HexEye``):
+      ``(row, col) = centre + s·(u + v/2, v)``, i.e. ``s·(x, 2y/√3)``. Image rows (downwards)
+      follow ``u + v/2`` and image columns (rightwards) follow ``v``: the column ``(0, 1)``
+      is right of and half a step below ``(0, 0)``, the column ``(1, 0)`` a full step below
+      it. The lattice fills a square (both axes span ``±extent``); moving-stimulus angles
+      of :mod:`graphode.flyvis.stimuli` are measured in this image plane.
+    * ``"lattice"``: ``pos`` drawn with y up, ``(row, col) = centre + s·(−y, x)``, the
+      lattice's own geometry (rotated by about 90° from the published eye).
+
+    Shapes: ``pos [K, 2]`` → float ``[K, 2]``.
     """
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}, got {orientation!r}")
     h, w = image_size
     centre = pos.mean(0) if pos.numel() else torch.zeros(2)
     rel = pos - centre
-    radius = float(rel.norm(dim=1).max()) if rel.numel() else 0.0
+    if orientation == "published":
+        down, right = rel[:, 0], rel[:, 1] * (2.0 / 3.0**0.5)
+        radius = float(torch.maximum(down.abs(), right.abs()).max()) if rel.numel() else 0.0
+    else:
+        down, right = -rel[:, 1], rel[:, 0]
+        radius = float(rel.norm(dim=1).max()) if rel.numel() else 0.0
     half = min(h, w) / 2.0 - 0.5 - margin
     scale = half / radius if radius > 0 else 0.0
-    row = (h - 1) / 2.0 - rel[:, 1] * scale
-    col = (w - 1) / 2.0 + rel[:, 0] * scale
+    row = (h - 1) / 2.0 + down * scale
+    col = (w - 1) / 2.0 + right * scale
     return torch.stack([row, col], dim=1)
 
 
@@ -197,7 +228,8 @@ def _bilinear(coords: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tens
 
 
 def hex_retina(
-    data, image_size: tuple[int, int] = (28, 28), *, margin: float = 1.0, gain: float = 1.0, learnable_gain: bool = False
+    data, image_size: tuple[int, int] = (28, 28), *, margin: float = 1.0, gain: float = 1.0, learnable_gain: bool = False,
+    orientation: str = "lattice",
 ) -> SparseProjection:
     """Project images onto the photoreceptors of a hexagonal-lattice connectome.
 
@@ -209,8 +241,13 @@ def hex_retina(
         image_size: ``(H, W)``.
         margin: pixels between the outermost column and the image border.
         gain: drive per unit intensity.
+        orientation: ``"lattice"`` (default) or ``"published"`` (the published model's eye:
+            image rows follow ``u + v/2``, columns follow ``v``; see
+            :func:`retina_pixel_coordinates`).
     Returns:
         :class:`SparseProjection` from ``H·W`` pixels to ``N`` neurons.
+
+    Shapes: forward(images ``[B, H, W]``) → ``[B, N]``.
     """
     if getattr(data, "pos", None) is None or getattr(data, "input_mask", None) is None:
         raise ValueError("hex_retina needs data.pos and data.input_mask (e.g. fly_visual_system())")
@@ -218,7 +255,7 @@ def hex_retina(
     neurons = torch.nonzero(data.input_mask.cpu()).flatten()
     if neurons.numel() == 0:
         raise ValueError("data.input_mask selects no neurons")
-    coords = retina_pixel_coordinates(data.pos.cpu()[neurons].float(), image_size, margin)
+    coords = retina_pixel_coordinates(data.pos.cpu()[neurons].float(), image_size, margin, orientation)
     point, pixel, weight = _bilinear(coords, image_size)
     keep = weight > 0
     index = torch.stack([neurons[point[keep]], pixel[keep]])
@@ -227,9 +264,19 @@ def hex_retina(
     )
 
 
-def random_pixels(data, num_pixels: int = 784, *, seed: int = 0, gain: float = 1.0) -> SparseProjection:
-    """The torch-biopl tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1."""
+def random_pixels(data, num_pixels: int = 784, *, seed: int = 0, gain: float = 1.0,
+                  neurons: Tensor | None = None) -> SparseProjection:
+    """The torch-biopl tutorial's mapping: pixel ``k`` drives neuron ``randint(N)`` with weight 1;
+    with ``neurons`` (a BoolTensor ``[N]``, e.g. ``data.input_mask``) a uniformly random one of those.
+
+    Shapes: the projection maps ``[B, num_pixels]`` to ``[B, N]``.
+    """
     gen = torch.Generator().manual_seed(seed)
-    neurons = torch.randint(int(data.num_nodes), (num_pixels,), generator=gen)
+    n = int(data.num_nodes)
+    if neurons is not None and (neurons.dtype != torch.bool or tuple(neurons.shape) != (n,) or not neurons.any()):
+        raise ValueError(f"random_pixels: neurons must be a BoolTensor [{n}] selecting at least one neuron, got "
+                         f"{neurons.dtype} {list(neurons.shape)} selecting {int(neurons.sum())}")
+    pool = torch.arange(n) if neurons is None else torch.nonzero(neurons.cpu()).flatten()
+    neurons = pool[torch.randint(len(pool), (num_pixels,), generator=gen)]
     index = torch.stack([neurons, torch.arange(num_pixels)])
     return SparseProjection(index, torch.ones(num_pixels), int(data.num_nodes), num_pixels, gain=gain)

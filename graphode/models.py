@@ -41,6 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "image_size": (28, 28),
     "input": "retina",  # retina | random
     "input_gain": 1.0,
+    "input_neurons": "all",  # all | input_mask: the neurons the random input drives
     "readout": "pooled",  # pooled | linear
     "aggr": "mean",
     # Encode each cell type's mean activity level, which the readout's normalisation removes
@@ -141,7 +142,10 @@ class ConnectomeClassifier(nn.Module):
             return hex_retina(data, cfg["image_size"], gain=cfg["input_gain"])
         if cfg["input"] == "random":
             h, w = cfg["image_size"]
-            return random_pixels(data, h * w, gain=cfg["input_gain"])
+            if cfg["input_neurons"] not in ("all", "input_mask"):
+                raise ValueError(f"input_neurons must be 'all' or 'input_mask', got {cfg['input_neurons']!r}")
+            only = data.input_mask if cfg["input_neurons"] == "input_mask" else None
+            return random_pixels(data, h * w, gain=cfg["input_gain"], neurons=only)
         raise ValueError(f"unknown input mapping {cfg['input']!r}; choose retina or random")
 
     @classmethod

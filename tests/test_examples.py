@@ -87,3 +87,14 @@ def test_circuit_experiments(tmp_path):
     run_example("circuit_experiments.py", tmp_path)
     assert_pngs(tmp_path, "traces.png", "hex_map.png", "lesions.png")
     assert (tmp_path / "responses.csv").is_file() and (tmp_path / "lesions.csv").is_file()
+
+
+def test_flyvis_motion(tmp_path):
+    out = run_example("flyvis_motion.py", tmp_path)
+    assert_pngs(tmp_path, "tuning_before.png", "tuning_after.png", "loss.png")
+    lines = (tmp_path / "direction_selectivity.csv").read_text().splitlines()
+    assert lines[0].startswith("type,when,dsi,preferred_direction")
+    assert len(lines) == 1 + 16  # T4a-d and T5a-d, before and after
+    for subtype in ("T4a", "T4b", "T4c", "T4d", "T5a", "T5b", "T5c", "T5d"):
+        assert re.search(rf"^{subtype}\s+\d+°", out, re.M), out
+    assert re.search(r"\d of 8 subtypes match before training, \d after", out), out

@@ -107,11 +107,11 @@ def _node_mask(
             return col[rows], spec
         num = _numeric(col, spec, nodes.name, param)
         if not np.isin(num, (0.0, 1.0)).all():
-            _fail(nodes.name, f"{param}={spec!r}: column must be boolean (True/False "
+            _fail(nodes.name, f"{param}{spec!r}: column must be boolean (True/False "
                   "or 0/1)")
         return num[rows].astype(bool), spec
     if nodes is None or nodes.cell_type is None:
-        _fail(src, f"{param}={spec!r} names cell types, which need a node table with "
+        _fail(src, f"{param}{spec!r} names cell types, which need a node table with "
               "a cell_type column (nodes=...)")
     return np.isin(type_code, _names_to_codes(spec, vocab, param, src)), None
 
