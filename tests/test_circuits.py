@@ -460,3 +460,28 @@ def test_the_adjoint_takes_a_piecewise_constant_stimulus_and_refuses_learnable_p
         sol = solve(dyn, torch.zeros(1, 4, dtype=F64), (0.0, 1.0), args=(U0,), gradient="checkpoint", **TOL)
         sol.ys[:, -1, 3].sum().backward()
     assert current.grad is not None and float(current.grad) > 0
+
+
+def test_select_neurons_by_patterns_and_node_columns():
+    import re
+
+    import pandas as pd
+
+    from graphode.connectome import load_connectome
+
+    nodes = pd.DataFrame({"id": [1, 2, 3, 4, 5], "cell_type": ["T4a", "T4b", "T5a", "KCab", "KCg"],
+                          "super_class": ["optic", "optic", "optic", "central", "central"],
+                          "side": ["left", "right", "right", "left", "right"]})
+    g = load_connectome({"pre": [1, 2, 3, 4], "post": [2, 3, 4, 5]}, nodes=nodes, default_sign=1)
+    pick = lambda **kw: sorted(g.node_id[select_neurons(g, **kw)].tolist())  # noqa: E731
+    assert pick(cell_types="T4*") == [1, 2]
+    assert pick(cell_types=["T[45]a"]) == [1, 3]
+    assert pick(cell_types=re.compile(r"KC(ab|g)")) == [4, 5]
+    assert pick(columns={"super_class": "optic", "side": "r*"}) == [2, 3]
+    assert pick(cell_types="KC*", columns={"side": ["left"]}) == [4]
+    with pytest.raises(ValueError, match=r"unknown cell type\(s\) 'MBON\*'"):
+        select_neurons(g, cell_types="MBON*")
+    with pytest.raises(ValueError, match=r"columns\['side'\]: unknown value\(s\) 'up'; known values: 'left', 'right'"):
+        select_neurons(g, columns={"side": "up"})
+    with pytest.raises(ValueError, match="'sign' is not a text node column"):
+        select_neurons(g, columns={"sign": "x"})

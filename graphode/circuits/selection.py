@@ -8,6 +8,9 @@ every neuron (type, id, position) for tables and plots.
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
 from typing import Any, Callable
 
 import numpy as np
@@ -143,6 +146,7 @@ def select_neurons(
     cell_types=None,
     mask=None,
     where: Callable[[Any], Any] | None = None,
+    columns: dict[str, Any] | None = None,
 ) -> Tensor:
     """Select neurons of a connectome.
 
@@ -152,8 +156,13 @@ def select_neurons(
             ``data.node_names`` (strings) by :func:`~graphode.connectome.node_index`. In a
             Batch the ids are looked up in every graph (each graph must hold them).
         index: node index(es) ``0..N-1`` (negative counts from the end).
-        cell_types: cell type name(s) (``data.cell_type_names``; per graph in a Batch), or
-            integer type codes.
+        cell_types: cell type name(s) (``data.cell_type_names``; per graph in a Batch), glob
+            patterns (``"T4*"``, ``"T4[a-d]"``), compiled regular expressions (matched
+            whole), or integer type codes.
+        columns: ``{column: names or patterns}`` over the text node columns a node table
+            left (codes ``data.<column>`` with ``data.<column>_names``, e.g.
+            ``{"super_class": "optic", "side": "right*"}``): a neuron is selected when its
+            value matches one of them, for every column given.
         mask: a boolean tensor ``[N]``.
         where: a predicate over the graph, ``where(data) -> BoolTensor [N]`` (e.g.
             ``lambda d: d.pos[:, 0] > 0``) or an index tensor.
@@ -174,20 +183,17 @@ def select_neurons(
     if index is not None:
         out &= _index_to_mask(index, n, "index")
     if cell_types is not None:
-        wanted = _as_list(cell_types)
+        wanted = [cell_types] if isinstance(cell_types, re.Pattern) else _as_list(cell_types)
         if getattr(data, "cell_type", None) is None:
             raise ValueError("cell_types: the graph has no cell_type attribute")
         codes = data.cell_type.cpu()
         by_name = [w for w in wanted if isinstance(w, str)]
-        by_code = [int(w) for w in wanted if not isinstance(w, str)]
+        by_code = [int(w) for w in wanted if not isinstance(w, (str, re.Pattern))]
         sel = torch.zeros(n, dtype=torch.bool)
+        by_name += [w for w in wanted if isinstance(w, re.Pattern)]
         if by_name:
             per_neuron = neuron_cell_types(data)
-            known = list(dict.fromkeys(per_neuron))
-            missing = [w for w in by_name if w not in set(known)]
-            if missing:
-                raise ValueError(f"cell_types: unknown cell type(s) {_show(missing)}; known types: {_show(known, 80)}")
-            q = set(by_name)
+            q = _matching(list(dict.fromkeys(per_neuron)), by_name, "cell_types", "cell type")
             sel |= torch.tensor([t in q for t in per_neuron], dtype=torch.bool)
         if by_code:
             q = torch.as_tensor(by_code, dtype=torch.long)
@@ -196,6 +202,16 @@ def select_neurons(
                 raise ValueError(f"cell_types: no neuron has type code(s) {_show(bad)}")
             sel |= torch.isin(codes, q)
         out &= sel
+    for column, wanted in (columns or {}).items():
+        codes, names = getattr(data, column, None), getattr(data, f"{column}_names", None)
+        if not isinstance(codes, Tensor) or not isinstance(names, (list, tuple)) or codes.shape != (n,):
+            raise ValueError(f"columns: {column!r} is not a text node column of this graph (codes data.{column} "
+                             f"[N] with names data.{column}_names)")
+        if names and isinstance(names[0], (list, tuple)):
+            raise ValueError(f"columns: {column!r} holds one name list per graph (a Batch): select in each graph")
+        wanted = [wanted] if isinstance(wanted, re.Pattern) else _as_list(wanted)
+        q = _matching(list(names), wanted, f"columns[{column!r}]", "value")
+        out &= torch.tensor([names[c] in q for c in codes.tolist()], dtype=torch.bool)
     if mask is not None:
         out &= _check_mask(mask, n, "mask")
     if where is not None:
@@ -205,6 +221,25 @@ def select_neurons(
         else:
             out &= _index_to_mask(res, n, "where(data)")
     return out
+
+
+def _matching(known: list[str], wanted: list, what: str, noun: str) -> set[str]:
+    """The names of ``known`` that equal a wanted name, match a glob pattern or fully match a
+    compiled regular expression; a wanted entry matching nothing is an error naming it."""
+    found, missing = set(), []
+    for w in wanted:
+        if isinstance(w, re.Pattern):
+            hits = [k for k in known if w.fullmatch(k)]
+        elif isinstance(w, str):
+            hits = [w] if w in known else fnmatch.filter(known, w) if any(c in w for c in "*?[") else []
+        else:
+            raise ValueError(f"{what}: {w!r} is not a name, a glob pattern or a compiled regular expression")
+        if not hits:
+            missing.append(w.pattern if isinstance(w, re.Pattern) else w)
+        found.update(hits)
+    if missing:
+        raise ValueError(f"{what}: unknown {noun}(s) {_show(missing)}; known {noun.split()[-1]}s: {_show(known, 80)}")
+    return found
 
 
 def _resolve_neurons(neurons, n: int, what: str) -> Tensor:
