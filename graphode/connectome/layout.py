@@ -25,12 +25,14 @@
     gap_type_names  list[str]           ("AIY<->AWC"), with a node table's cell types.
     input_mask      BoolTensor  [N]     from ``input_types=`` / ``output_types=``;
     output_mask     BoolTensor  [N]     all False otherwise.
-    <column>        FloatTensor [N]     each numeric extra node-table column
-                    (BoolTensor [N])    (boolean columns stay boolean).  A column
-                                        whose name clashes with a reserved key or a
-                                        ``Data`` attribute (``x``, ``pos``, ``size``,
+    <column>        Float/Long/Bool     every other node-table column [N]: floats as
+                    Tensor [N]          FloatTensor (missing values NaN), integers as
+                                        LongTensor (exact), booleans as BoolTensor,
+    <column>_names  list[str]           text as codes (LongTensor) plus their sorted
+                                        names (a missing value is ``"unknown"``).  A
+                                        column whose name clashes with a reserved key or
+                                        a ``Data`` attribute (``x``, ``pos``, ``size``,
                                         ...) is stored as ``node_<column>``.
-                                        Non-numeric extra columns are not stored.
 
 Nodes are relabelled ``0..N-1`` in sorted order of the original ids (numeric order
 for integer ids, Python string order for string ids); :func:`node_index` maps
