@@ -8,7 +8,6 @@ every neuron (type, id, position) for tables and plots.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..connectome import ConnectomeFormatError, node_index
-from ..connectome._common import _show
+from ..connectome._common import _match_names, _show
 
 __all__ = ["select_neurons", "neuron_cell_types", "neuron_table"]
 
@@ -226,20 +225,14 @@ def select_neurons(
 def _matching(known: list[str], wanted: list, what: str, noun: str) -> set[str]:
     """The names of ``known`` that equal a wanted name, match a glob pattern or fully match a
     compiled regular expression; a wanted entry matching nothing is an error naming it."""
-    found, missing = set(), []
     for w in wanted:
-        if isinstance(w, re.Pattern):
-            hits = [k for k in known if w.fullmatch(k)]
-        elif isinstance(w, str):
-            hits = [w] if w in known else fnmatch.filter(known, w) if any(c in w for c in "*?[") else []
-        else:
+        if not isinstance(w, (str, re.Pattern)):
             raise ValueError(f"{what}: {w!r} is not a name, a glob pattern or a compiled regular expression")
-        if not hits:
-            missing.append(w.pattern if isinstance(w, re.Pattern) else w)
-        found.update(hits)
+    found, missing = _match_names(known, wanted)
     if missing:
+        missing = [w.pattern if isinstance(w, re.Pattern) else w for w in missing]
         raise ValueError(f"{what}: unknown {noun}(s) {_show(missing)}; known {noun.split()[-1]}s: {_show(known, 80)}")
-    return found
+    return set(found)
 
 
 def _resolve_neurons(neurons, n: int, what: str) -> Tensor:

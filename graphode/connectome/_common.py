@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from typing import Any, Iterable, NoReturn, Union
+import re
+from typing import Any, Iterable, NoReturn, Sequence, Union
 
 import numpy as np
 
@@ -33,6 +35,27 @@ def _show(ids: Iterable[Any], limit: int = 5) -> str:
     ids = list(ids)
     shown = ", ".join(_fmt(i) for i in ids[:limit])
     return shown + (", ..." if len(ids) > limit else "")
+
+
+def _match_names(known: Sequence[str], wanted: Iterable[Any]) -> tuple[list[str], list[Any]]:
+    """The names of ``known`` that equal a wanted name, match a glob pattern (``"T4*"``,
+    ``"T4[a-d]"``) or fully match a compiled regular expression, in the order found and
+    without repeats; and the wanted entries that match nothing."""
+    found: dict[str, None] = {}
+    missing = []
+    for w in wanted:
+        if isinstance(w, re.Pattern):
+            hits = [k for k in known if w.fullmatch(k)]
+        elif isinstance(w, str) and w in known:
+            hits = [w]
+        elif isinstance(w, str) and any(c in w for c in "*?["):
+            hits = [k for k in known if fnmatch.fnmatchcase(k, w)]
+        else:
+            hits = []
+        if not hits:
+            missing.append(w)
+        found.update(dict.fromkeys(hits))
+    return list(found), missing
 
 
 

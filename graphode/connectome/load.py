@@ -17,7 +17,6 @@ isolated nodes, so node indices do not depend on the threshold.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import warnings
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ._columns import _nt_signs, _numeric
-from ._common import _RESERVED_KEYS, ConnectomeFormatError, PathLike, _fail, _show
+from ._common import _RESERVED_KEYS, ConnectomeFormatError, PathLike, _fail, _match_names, _show
 from ._ids import ID_KINDS, _id_query, _lookup
 from ._readers import (
     Source, _check_sign_value, _edges_from_table, _Edges, _Gaps, _gaps_from_table, _Nodes, _read_edges, _read_nodes,
@@ -76,21 +75,12 @@ def _names_to_codes(names: Iterable[str], vocab: Sequence[str], param: str,
                     src: str) -> list[int]:
     """Codes of cell-type names or glob patterns (``"T4*"``, ``"T4[ab]"``, ``"KC?"``)."""
     names = [names] if isinstance(names, str) else list(names)
-    index = {n: i for i, n in enumerate(vocab)}
-    codes, unknown = [], []
-    for name in names:
-        matches = [name] if name in index else fnmatch.filter(vocab, name) if _is_pattern(name) else []
-        if not matches:
-            unknown.append(name)
-        codes.extend(index[m] for m in matches if index[m] not in codes)
+    found, unknown = _match_names(vocab, names)
     if unknown:
         _fail(src, f"{param}: unknown cell type(s) (no name or pattern matches) {_show(unknown)}; available: "
               f"{_show(vocab, 20)}")
-    return codes
-
-
-def _is_pattern(name: str) -> bool:
-    return any(c in name for c in "*?[")
+    index = {n: i for i, n in enumerate(vocab)}
+    return [index[name] for name in found]
 
 
 def _node_mask(
