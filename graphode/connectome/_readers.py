@@ -258,5 +258,5 @@ def _split_rows(table: _Table, column: str, value: Any) -> tuple[_Table, _Table]
         found = sorted({str(v) for v in table.columns[column]})[:10]
         _fail(table.name, f"gap_junctions=({column!r}, {value!r}): no row has {column} == {value!r} "
               f"(values: {found})")
-    pick = lambda m: _Table({k: v[m] for k, v in table.columns.items()}, table.name)  # noqa: E731
-    return pick(~mask), pick(mask)
+    chemical, electrical = ({k: v[m] for k, v in table.columns.items()} for m in (~mask, mask))
+    return _Table(chemical, table.name), _Table(electrical, table.name)
