@@ -32,6 +32,7 @@ for a ``Batch`` of graphs ``N`` is the total number of nodes.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -137,9 +138,17 @@ class Stimulus:
 
     def with_tensors(self, tensors) -> "Stimulus":
         """The same stimulus reading ``tensors`` (as :meth:`tensors` lists them)."""
-        if self.dt is not None:
-            return Stimulus(values=tensors[0], dt=self.dt, t0=self.t0)
-        return Stimulus(values=tensors[0], times=self.times, interpolation=self.interpolation)
+        return self._with_values(tensors[0])
+
+    def _with_values(self, values: Tensor) -> "Stimulus":
+        """This stimulus reading ``values`` of the same shape (a detached copy, another memory
+        layout): the checks of ``__init__`` passed for them already, and would cost a device
+        sync per solve."""
+        if values.shape != self.values.shape:
+            raise ValueError(f"stimulus values must keep their shape {tuple(self.values.shape)}, got {tuple(values.shape)}")
+        out = copy.copy(self)
+        out.values = values
+        return out
 
     def frame_index(self, t: Tensor) -> Tensor:
         """Frames (``dt=``): the frame index ``[B]`` read at times ``t`` (``[B]`` or scalar)."""
@@ -491,7 +500,7 @@ class ConnectomeDynamics(VectorField):
             # state's layout (graphode._layout), so that the addition is not a transpose.
             values = node_major(stimulus.values)
             if values is not stimulus.values:
-                stimulus = Stimulus(values=values)
+                stimulus = stimulus._with_values(values)
         device = graph.edge_index.device
         active = sorted(self.perturbations, key=lambda p: p.order)
         perturbations = tuple((p, p.resolve(graph.num_nodes).to(device)) for p in active)
