@@ -14,9 +14,11 @@ from graphode.connectome.transforms import (
     DegreePreservingShuffle,
     RemoveIsolatedNeurons,
     RemoveSelfConnections,
+    ReorderNeurons,
     SortEdges,
     Subgraph,
     Threshold,
+    reverse_cuthill_mckee,
 )
 from graphode.flyvis import fly_visual_system
 
@@ -389,3 +391,184 @@ def test_degree_preserving_shuffle():
     assert not torch.equal(shuffled.edge_index, data.edge_index)
     sums = torch.zeros(n).index_add_(0, dst, shuffled.syn_weight)
     torch.testing.assert_close(sums, torch.zeros(n).index_add_(0, data.edge_index[1], data.syn_weight))
+
+
+# ------------------------------------------------------------ ReorderNeurons
+GAPS = {"pre": [10, 20, 40, 70], "post": [50, 30, 80, 20], "weight": [0.5, 0.25, 2.0, 1.5]}
+
+
+def load_with_gaps(kind):
+    edge_list, nodes = source(kind)
+    gaps = {k: ([_id(i, kind) for i in v] if k != "weight" else v) for k, v in GAPS.items()}
+    return load_connectome(edge_list, nodes=nodes, input_types="A", output_types="B", gap_junctions=gaps)
+
+
+def span(edge_index):
+    """Largest and mean ``|pre − post|`` of a graph's connections."""
+    d = (edge_index[0] - edge_index[1]).abs().double()
+    return int(d.max()), float(d.mean())
+
+
+def renumbered(edge_index, n, seed):
+    """``edge_index`` with its neurons renumbered at random (as an export by 64-bit ids)."""
+    new = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return new[edge_index]
+
+
+def ring(n):
+    i = torch.arange(n)
+    return torch.stack([i, (i + 1) % n])
+
+
+def grid(w, h):
+    i = torch.arange(w * h).reshape(h, w)
+    right = torch.stack([i[:, :-1].flatten(), i[:, 1:].flatten()])
+    down = torch.stack([i[:-1].flatten(), i[1:].flatten()])
+    return torch.cat([right, down], 1)
+
+
+@pytest.mark.parametrize("kind", ["int", "str"])
+@pytest.mark.parametrize("order", ["rcm", "cell_type", "random"])
+def test_reorder_keeps_the_graph(order, kind):
+    g = load_with_gaps(kind)
+    g.x = torch.arange(16.0).reshape(8, 2)
+    g.edge_attr = torch.arange(27.0).reshape(9, 3)
+    g.labels = [f"L{i}" for i in range(8)]
+    g.y = torch.tensor([4])
+    if order == "random":
+        order = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+    out = ReorderNeurons(order)(g)
+    validate_connectome(out)
+    orig = out.original_index
+    assert sorted(orig.tolist()) == list(range(8))
+    # per neuron: every attribute follows its neuron; ids map to the new indices
+    for key in ("cell_type", "input_mask", "output_mask", "node_size", "region", "big", "x"):
+        assert torch.equal(out[key], g[key][orig]), key
+    assert ids_of(out) == [ids_of(g)[i] for i in orig.tolist()]
+    assert out.labels == [f"L{i}" for i in orig.tolist()]
+    assert node_index(out, ids_of(g)).tolist() == torch.argsort(orig).tolist()
+    assert out.cell_type_names == g.cell_type_names and out.y.tolist() == [4]
+    # per connection: the same set of (old pre, old post, values) after mapping back
+    def connections(h, back):
+        src, dst = back[h.edge_index]
+        return sorted(zip(src.tolist(), dst.tolist(), h.syn_count.tolist(), h.sign.tolist(), h.syn_weight.tolist(),
+                          h.edge_type.tolist(), h.edge_attr.tolist()))
+    assert connections(out, orig) == connections(g, torch.arange(8))
+    assert sorted(decoded(out)[1]) == sorted(decoded(g)[1])  # by ids and names too
+    # gap junctions: the same pairs, weights and types
+    def gaps(h, back):
+        a, b = back[h.gap_index]
+        return sorted(zip(a.tolist(), b.tolist(), h.gap_weight.tolist(), h.gap_type.tolist()))
+    assert gaps(out, orig) == gaps(g, torch.arange(8)) and len(gaps(g, torch.arange(8))) == 8
+
+
+def test_reorder_back_and_composed():
+    g = load_with_gaps("int")
+    first = ReorderNeurons(torch.tensor([3, 7, 0, 5, 1, 6, 2, 4]))(g)
+    second = ReorderNeurons("cell_type")(first)
+    # original_index names the first numbering after two reorderings
+    assert second.node_id.tolist() == [g.node_id[i].item() for i in second.original_index.tolist()]
+    back = ReorderNeurons(torch.argsort(second.original_index))(second)
+    assert back.original_index.tolist() == list(range(8))
+    del back.original_index
+    assert_same_graph(back, g)  # edge order, gap order aside: every tensor equal
+    ident = ReorderNeurons(torch.arange(8))(g)
+    assert torch.equal(ident.edge_index, g.edge_index) and torch.equal(ident.gap_index, g.gap_index)
+
+
+def test_reorder_by_cell_type_by_hand():
+    g = load("int")  # types A B A C B C A B of neurons 10..80
+    out = ReorderNeurons("cell_type")(g)
+    assert out.original_index.tolist() == [0, 2, 6, 1, 4, 7, 3, 5]
+    assert [out.cell_type_names[c] for c in out.cell_type] == ["A"] * 3 + ["B"] * 3 + ["C"] * 2
+    assert out.node_id.tolist() == [10, 30, 70, 20, 50, 80, 40, 60]
+
+
+def test_reverse_cuthill_mckee_by_hand():
+    # Component 1: 3 - 0, 0 - {1, 2}, 1 - {4, 5}, 2 - 6 (both directions of 0 - 1, a self-connection
+    # on 3); component 2: 8 - 9; 7 isolated. Root: the least degree, lowest index: 3. Levels:
+    # [3], [0], [2 (degree 2), 1 (degree 3)], [6 (reached by 2), 4, 5 (by 1)]; then [8], [9].
+    pairs = [(3, 0), (0, 1), (1, 0), (0, 2), (1, 4), (5, 1), (2, 6), (3, 3), (9, 8)]
+    ei = torch.tensor(pairs).t()
+    assert reverse_cuthill_mckee(ei, 10).tolist() == [9, 8, 5, 4, 6, 1, 2, 0, 3, 7]
+    path = torch.tensor([[3, 0, 4, 1], [0, 4, 1, 2]])  # 3 - 0 - 4 - 1 - 2
+    assert reverse_cuthill_mckee(path, 5).tolist() == [3, 0, 4, 1, 2]
+    assert reverse_cuthill_mckee(torch.zeros(2, 0, dtype=torch.long), 3).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("edges, n, best", [(ring(300), 300, 2), (grid(12, 25), 300, 12)])
+def test_rcm_recovers_a_lattice_from_random_numbering(edges, n, best):
+    shuffled = renumbered(edges, n, seed=0)
+    assert span(edges)[0] <= n - 1 and span(shuffled)[0] > n // 2  # random numbering: bandwidth ~N
+    order = reverse_cuthill_mckee(shuffled, n)
+    new = torch.argsort(order)
+    after = span(new[shuffled])
+    assert best <= after[0] <= 2 * best and after[1] <= best
+    assert span(shuffled)[1] > 10 * after[1]
+
+
+def test_rcm_on_a_connectome_and_against_scipy():
+    from graphode.connectome import random_connectome
+
+    g = random_connectome(3000, 30000, locality=0.01, seed=0)
+    shuffled = ReorderNeurons(torch.randperm(3000, generator=torch.Generator().manual_seed(1)))(g)
+    out = ReorderNeurons("rcm")(shuffled)
+    before, after = span(shuffled.edge_index), span(out.edge_index)
+    assert before[0] > 2500 and after[0] < 600 and after[1] < before[1] / 5
+    torch.testing.assert_close(out.syn_weight.sum(), g.syn_weight.sum())
+    sparse = pytest.importorskip("scipy.sparse")
+    from scipy.sparse.csgraph import reverse_cuthill_mckee as scipy_rcm
+
+    ei = shuffled.edge_index.numpy()
+    a = sparse.csr_matrix((torch.ones(ei.shape[1]).numpy(), (ei[1], ei[0])), shape=(3000, 3000))
+    new = torch.argsort(torch.from_numpy(scipy_rcm(a, symmetric_mode=False).astype("int64")))
+    theirs = span(new[shuffled.edge_index])
+    assert 0.75 * theirs[0] <= after[0] <= 1.25 * theirs[0]
+    assert 0.75 * theirs[1] <= after[1] <= 1.25 * theirs[1]
+
+
+def test_reordered_dynamics_equal_the_original_permuted():
+    from graphode.dynamics import ConnectomeDynamics
+
+    g = load_with_gaps("int")
+    out = ReorderNeurons("rcm")(g)
+    assert not torch.equal(out.original_index, torch.arange(8))
+    torch.manual_seed(0)
+    dyn = ConnectomeDynamics.from_data(g, activation="tanh", backend="csr", gap_junctions="per_type",
+                                       tau=0.5, bias=0.1).double()
+    with torch.no_grad():
+        for p in dyn.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(3, 8, dtype=torch.float64, generator=gen)
+    u = torch.randn(3, 8, dtype=torch.float64, generator=gen)
+    t = torch.zeros(3, dtype=torch.float64)
+    orig = out.original_index
+    ref = dyn(t, v, g, u)
+    assert ref.abs().min() > 0
+    torch.testing.assert_close(dyn(t, v[:, orig], out, u[:, orig]), ref[:, orig], rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("order, message", [
+    ("bandwidth", r"unknown order 'bandwidth'; choose from 'rcm', 'cell_type'"),
+    (torch.tensor([0.0, 1.0]), "LongTensor"),
+    ([0, 1, 2], "3 entries for N = 8"),
+    ([0, 1, 2, 3, 4, 5, 6, 8], r"out of range \[0, 8\)"),
+    ([0, 1, 2, 3, 4, 5, 6, 6], "not a permutation: indices 6 repeated"),
+])
+def test_reorder_bad_order(order, message):
+    with pytest.raises(ConnectomeFormatError, match=message):
+        ReorderNeurons(order)(load("int"))
+
+
+def test_reorder_refuses_what_it_cannot_order():
+    g = load("int")
+    del g.cell_type, g.cell_type_names, g.edge_type, g.edge_type_names
+    with pytest.raises(ConnectomeFormatError, match="no cell_type"):
+        ReorderNeurons("cell_type")(g)
+    with pytest.raises(ConnectomeFormatError, match="before batching"):
+        ReorderNeurons()(Batch.from_data_list([load("int"), load("int")]))
+    with pytest.raises(ConnectomeFormatError, match="num_nodes must be an int > 0"):
+        reverse_cuthill_mckee(g.edge_index, 0)
+    with pytest.raises(ConnectomeFormatError, match=r"outside \[0, 5\)"):
+        reverse_cuthill_mckee(g.edge_index, 5)

@@ -28,7 +28,8 @@ from .registry import build_connectome, connectome_spec
 from .storage import load_graph, save_graph
 from .synthetic import random_connectome
 from .transforms import (
-    DegreePreservingShuffle, RemoveIsolatedNeurons, RemoveSelfConnections, SortEdges, Subgraph, Threshold,
+    DegreePreservingShuffle, RemoveIsolatedNeurons, RemoveSelfConnections, ReorderNeurons, SortEdges, Subgraph,
+    Threshold, reverse_cuthill_mckee,
 )
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "RemoveSelfConnections",
     "Threshold",
     "SortEdges",
+    "ReorderNeurons",
+    "reverse_cuthill_mckee",
     "build_connectome",
     "connectome_spec",
 ]

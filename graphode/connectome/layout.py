@@ -25,6 +25,8 @@
     gap_type_names  list[str]           ("AIY<->AWC"), with a node table's cell types.
     input_mask      BoolTensor  [N]     from ``input_types=`` / ``output_types=``;
     output_mask     BoolTensor  [N]     all False otherwise.
+    original_index  LongTensor  [N]     optional: after ``ReorderNeurons``, the index
+                                        each neuron had before the renumbering.
     <column>        Float/Long/Bool     every other node-table column [N]: floats as
                     Tensor [N]          FloatTensor (missing values NaN), integers as
                                         LongTensor (exact), booleans as BoolTensor,
@@ -64,7 +66,8 @@ __all__ = ["validate_connectome", "node_index", "check_gap_junctions"]
 
 # Per-connection and per-neuron attributes whose length the layout fixes (optional ones too).
 _EDGE_KEYS = ("syn_count", "sign", "syn_weight", "edge_type", "edge_weight", "edge_attr")
-_NODE_KEYS = ("cell_type", "node_id", "node_names", "input_mask", "output_mask", "x", "pos")
+_NODE_KEYS = ("cell_type", "node_id", "node_names", "input_mask", "output_mask", "x", "pos",
+              "original_index")
 
 _EDGES_REMOVED = ("connections were removed from edge_index without it (RemoveSelfLoops, "
                   "torch_geometric.utils.subgraph, ...); use graphode.connectome.transforms."
@@ -177,7 +180,7 @@ def validate_connectome(data: Data) -> None:
     range; the length of every per-connection attribute (``syn_count``, ``sign``,
     ``syn_weight``, ``edge_type``, ``edge_weight``, ``edge_attr``: E) and per-neuron
     attribute (``cell_type``, ``node_id``, ``node_names``, ``input_mask``,
-    ``output_mask``, ``x``, ``pos``: N) present; ``syn_count`` (finite, >= 0), ``sign``
+    ``output_mask``, ``x``, ``pos``, ``original_index``: N) present; ``syn_count`` (finite, >= 0), ``sign``
     (+-1) and ``syn_weight`` (finite) FloatTensors [E]; when present, ``edge_type``
     LongTensor [E], ``cell_type`` / ``node_id`` LongTensor [N], ``input_mask`` /
     ``output_mask`` BoolTensor [N], codes within their name lists, gap junctions
