@@ -411,9 +411,9 @@ def reverse_cuthill_mckee(edge_index: Tensor, num_nodes: int) -> Tensor:
     the diagonal: for a lattice the largest ``|pre − post|`` falls from ``~N`` (at random
     numbering) to about its width. Direction, self-connections and repeated pairs do not
     count (the graph is symmetrised first); neurons without any connection come last, in
-    their old order. The search runs level by level with tensor operations on
-    ``edge_index``'s device: seconds on CPU for a whole-brain graph (139k neurons, 15M
-    connections), about ``1 + depth`` Python steps per component.
+    their old order. The search runs on the CPU (whatever ``edge_index``'s device), level
+    by level with array operations, one Python step per level of each component: seconds
+    for a whole-brain graph (139k neurons, 15M connections).
 
     Args:
         edge_index: LongTensor ``[2, E]`` (any order, direction ignored).
