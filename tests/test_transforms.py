@@ -485,12 +485,16 @@ def test_reorder_by_cell_type_by_hand():
 
 
 def test_reverse_cuthill_mckee_by_hand():
-    # Component 1: 3 - 0, 0 - {1, 2}, 1 - {4, 5}, 2 - 6 (both directions of 0 - 1, a self-connection
-    # on 3); component 2: 8 - 9; 7 isolated. Root: the least degree, lowest index: 3. Levels:
-    # [3], [0], [2 (degree 2), 1 (degree 3)], [6 (reached by 2), 4, 5 (by 1)]; then [8], [9].
-    pairs = [(3, 0), (0, 1), (1, 0), (0, 2), (1, 4), (5, 1), (2, 6), (3, 3), (9, 8)]
-    ei = torch.tensor(pairs).t()
-    assert reverse_cuthill_mckee(ei, 10).tolist() == [9, 8, 5, 4, 6, 1, 2, 0, 3, 7]
+    # Spine 5 - 0 - 1, then 1 - {2, 3}, 2 - {7, 8}, 3 - 9 (both directions of 0 - 1, a
+    # self-connection on 5); a second component 6 - 10; 4 isolated. Root: the least degree,
+    # lowest index: 5. Levels: [5], [0], [1], [3 (degree 2), 2 (degree 3)], [9 (reached by 3),
+    # 7, 8 (by 2)]; from 9, the least-degree neuron of the last level, the search is no deeper.
+    pairs = [(5, 0), (0, 1), (1, 0), (1, 2), (3, 1), (2, 7), (8, 2), (3, 9), (5, 5), (10, 6)]
+    assert reverse_cuthill_mckee(torch.tensor(pairs).t(), 11).tolist() == [10, 6, 8, 7, 9, 2, 3, 1, 0, 5, 4]
+    # 3 - 0 - {1, 2}, 1 - {4, 5}, 2 - 6: from 3 (least degree) four levels, from 6 (in the last
+    # level) five: [6], [2], [0], [3 (degree 1), 1 (degree 3)], [4, 5]; from 4 no deeper.
+    pairs = [(3, 0), (0, 1), (0, 2), (1, 4), (5, 1), (2, 6), (9, 8)]
+    assert reverse_cuthill_mckee(torch.tensor(pairs).t(), 10).tolist() == [9, 8, 5, 4, 1, 3, 0, 2, 6, 7]
     path = torch.tensor([[3, 0, 4, 1], [0, 4, 1, 2]])  # 3 - 0 - 4 - 1 - 2
     assert reverse_cuthill_mckee(path, 5).tolist() == [3, 0, 4, 1, 2]
     assert reverse_cuthill_mckee(torch.zeros(2, 0, dtype=torch.long), 3).tolist() == [0, 1, 2]
@@ -523,8 +527,7 @@ def test_rcm_on_a_connectome_and_against_scipy():
     a = sparse.csr_matrix((torch.ones(ei.shape[1]).numpy(), (ei[1], ei[0])), shape=(3000, 3000))
     new = torch.argsort(torch.from_numpy(scipy_rcm(a, symmetric_mode=False).astype("int64")))
     theirs = span(new[shuffled.edge_index])
-    assert 0.75 * theirs[0] <= after[0] <= 1.25 * theirs[0]
-    assert 0.75 * theirs[1] <= after[1] <= 1.25 * theirs[1]
+    assert after[0] <= 1.25 * theirs[0] and after[1] <= 1.25 * theirs[1]  # as good (another root)
 
 
 def test_reordered_dynamics_equal_the_original_permuted():

@@ -403,8 +403,10 @@ ORDERS = ("rcm", "cell_type")
 def reverse_cuthill_mckee(edge_index: Tensor, num_nodes: int) -> Tensor:
     """The reverse Cuthill–McKee order of a graph, taken as undirected.
 
-    Cuthill–McKee numbers the neurons in breadth-first order: each connected component
-    starts at one of its neurons of least degree; every level of the search lists the
+    Cuthill–McKee numbers the neurons in breadth-first order. Each connected component
+    starts at a pseudo-peripheral neuron (George and Liu: from its neuron of least degree,
+    lowest index, move to the least-degree neuron of the search's last level while that
+    makes the search deeper, at most four times); every level of the search lists the
     newly reached neurons grouped by the neuron that reached them first (in that neuron's
     order) and, within a group, by increasing degree, then index. Reversing it gives
     reverse Cuthill–McKee (RCM), which keeps the connections of a sparse graph close to
@@ -449,29 +451,46 @@ def reverse_cuthill_mckee(edge_index: Tensor, num_nodes: int) -> Tensor:
     rowptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(deg, out=rowptr[1:])
     visited = deg == 0  # isolated neurons are placed at the end, in their old order
-    by_degree = np.argsort(deg, kind="stable")[int(visited.sum()):]  # candidate roots
     parts = []
-    for root in by_degree:
+    for root in np.argsort(deg, kind="stable"):  # each component from its least degree neuron
         if visited[root]:
             continue
-        frontier = np.array([root])
-        visited[root] = True
-        while frontier.size:
-            parts.append(frontier)
-            counts = deg[frontier]
-            group = np.repeat(np.arange(frontier.size), counts)
-            start = np.cumsum(counts) - counts
-            nbr = col[np.arange(group.size) - start[group] + rowptr[frontier][group]]
-            new = ~visited[nbr]
-            nbr, group = nbr[new], group[new]  # group ascending: the first reacher comes first
-            # each neuron once, with its first reacher (unique's index is the first occurrence)
-            nbr, first = np.unique(nbr, return_index=True)
-            group = group[first]
-            frontier = nbr[np.lexsort((nbr, deg[nbr], group))]  # by reacher, degree, index
-            visited[frontier] = True
+        levels = _cuthill_mckee_levels(root, rowptr, col, deg, visited)
+        for _ in range(4):
+            # George and Liu's pseudo-peripheral root: restart from the least-degree neuron of
+            # the last level while that makes the search deeper (same component, same neurons)
+            last = levels[-1]
+            visited[np.concatenate(levels)] = False
+            deeper = _cuthill_mckee_levels(last[np.argmin(deg[last])], rowptr, col, deg, visited)
+            if len(deeper) <= len(levels):
+                break
+            levels = deeper
+        parts += levels
     cm = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     order = np.concatenate([cm[::-1], np.flatnonzero(deg == 0)])
     return torch.from_numpy(order.astype(np.int64)).to(device)
+
+
+def _cuthill_mckee_levels(root: int, rowptr: np.ndarray, col: np.ndarray, deg: np.ndarray,
+                          visited: np.ndarray) -> list:
+    """The levels of the Cuthill–McKee search from ``root`` over the CSR ``(rowptr, col)``,
+    each an int64 array in Cuthill–McKee order; marks the reached neurons in ``visited``."""
+    levels, frontier = [], np.array([root])
+    visited[root] = True
+    while frontier.size:
+        levels.append(frontier)
+        counts = deg[frontier]
+        group = np.repeat(np.arange(frontier.size), counts)
+        start = np.cumsum(counts) - counts
+        nbr = col[np.arange(group.size) - start[group] + rowptr[frontier][group]]
+        new = ~visited[nbr]
+        nbr, group = nbr[new], group[new]  # group ascending: the first reacher comes first
+        # each neuron once, with its first reacher (unique's index is the first occurrence)
+        nbr, first = np.unique(nbr, return_index=True)
+        group = group[first]
+        frontier = nbr[np.lexsort((nbr, deg[nbr], group))]  # by reacher, degree, index
+        visited[frontier] = True
+    return levels
 
 
 class ReorderNeurons(_LayoutTransform):
