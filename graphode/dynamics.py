@@ -509,7 +509,7 @@ class ConnectomeDynamics(VectorField):
     # -- derive: the parameters as the evaluation reads them ------------------------------
     def _node_values(self, values: Tensor, mode: str, cell_type: Tensor | None, n: int) -> Tensor:
         if mode == "per_type":
-            return values[cell_type]
+            return values.index_select(0, cell_type)  # backward: index_add_, not a sort-based index_put_
         if mode == "per_neuron" and values.numel() != n:
             raise ValueError(f"these per-neuron parameters belong to a graph of {values.numel()} neurons, not {n}")
         return values

@@ -179,8 +179,10 @@ class SynapseWeights(nn.Module):
             raise ValueError(f"mode={self.mode!r} needs the graph's edge_type [E]")
         if self.mode == "count_per_type":
             self.project_()
-            return sign * self.theta[edge_type] * scaled
-        return sign * F.softplus(self.theta)[edge_type] * scaled
+            return sign * self.theta.index_select(0, edge_type) * scaled
+        # index_select, not [edge_type]: its backward is one index_add_, where indexing's is a
+        # sort-based index_put_ (2.2 ms per training step at 1.5M synapses on an H200, profiled)
+        return sign * F.softplus(self.theta).index_select(0, edge_type) * scaled
 
     @torch.no_grad()
     def project_(self) -> None:
