@@ -9,6 +9,9 @@ The table gives the medians over the rounds and the ratio to the baseline.
 
     git archive REV graphode | tar -x -C /tmp/baseline      # the baseline's package
     python benchmarks/bench_revisions.py --baseline /tmp/baseline --out results.md
+
+Several baselines (``--baseline A B ...``, each row named by its folder) measure a series
+of changes one by one and together in the same run; ratios are to the first.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def run_revision(path: Path, args, gradient: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baseline", type=Path, help="a folder holding the baseline revision's graphode package")
+    p.add_argument("--baseline", type=Path, nargs="+", help="folders holding baseline revisions' graphode packages")
     p.add_argument("--extent", type=int, default=15)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--hidden", type=int, default=512)
@@ -88,9 +91,13 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    if args.baseline is None or not (args.baseline / "graphode" / "__init__.py").exists():
-        p.error("--baseline must be a folder with a graphode package inside (see the module docs)")
-    revisions = {"baseline": args.baseline.resolve(), "this checkout": ROOT}
+    if not args.baseline or not all((b / "graphode" / "__init__.py").exists() for b in args.baseline):
+        p.error("--baseline must name folders with a graphode package inside (see the module docs)")
+    revisions = {b.name: b.resolve() for b in args.baseline}
+    if len(revisions) != len(args.baseline):
+        p.error("--baseline folders must have different names (the rows are named by them)")
+    revisions["this checkout"] = ROOT
+    first = args.baseline[0].name
     results = {(name, g): [] for g in args.gradient for name in revisions}
     for r in range(args.rounds):
         for (name, gradient), runs in results.items():
@@ -100,7 +107,7 @@ def main() -> None:
         f"Training step, fly visual system extent {args.extent}, B = {args.batch}, hidden {args.hidden}, "
         f"Dopri5 rtol = atol = {args.tol:g}, backend {args.backend}; medians of {args.steps} steps, then of "
         f"{args.rounds} interleaved rounds\n",
-        "| revision | gradient | s / step | × baseline | × this checkout's autodiff | f-evals | peak GB | per round (s) |",
+        f"| revision | gradient | s / step | × {first} | × this checkout's autodiff | f-evals | peak GB | per round (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     median = {key: statistics.median(x["step"] for x in runs) for key, runs in results.items()}
@@ -108,12 +115,15 @@ def main() -> None:
     for (name, gradient), runs in results.items():
         step = median[(name, gradient)]
         versus = "" if autodiff is None else f"{step / autodiff:.2f}"
-        lines.append(f"| {name} | {gradient} | {step:.4f} | {step / median[('baseline', gradient)]:.3f} | {versus} | "
+        lines.append(f"| {name} | {gradient} | {step:.4f} | {step / median[(first, gradient)]:.3f} | {versus} | "
                      f"{runs[-1]['f_evals']} | {max(x['peak_gb'] for x in runs):.1f} | "
                      f"{', '.join('%.4f' % x['step'] for x in runs)} |")
     print("\n".join(lines))
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        from graphode._atomic import atomic_write
+
+        text = ("\n".join(lines) + "\n").encode()
+        atomic_write(args.out, lambda fh: fh.write(text))
 
 
 if __name__ == "__main__":
