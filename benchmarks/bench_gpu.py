@@ -1,6 +1,6 @@
-"""GPU benchmark: the torch-biopl tutorial's way (baseline) and graphode, side by side, in one run.
+"""GPU benchmark: the torch-biopl tutorial's way (baseline), graphode, and other ODE solvers, side by side, in one run.
 
-Prints markdown tables (and writes them to ``--out``):
+Prints markdown tables (and writes them to ``--out``, atomically):
 
 1. the measured device-to-device copy bandwidth, from which every memory floor is computed;
 2. recurrent input (message passing) forward and forward+backward (gradients to states and
@@ -10,12 +10,26 @@ Prints markdown tables (and writes them to ``--out``):
    and graphode's backends, each with its distance to the memory floor;
 3. a full training step (Dopri5, same tolerances, same batch) at the fly visual system
    scale: the torch-biopl tutorial's model as the tutorial runs it (torch sparse autograd,
-   backprop through the step-size controller) and the same model run by graphode, plus
+   backprop through the step-size control) and the same model run by graphode, plus
    graphode's own model;
-4. a whole-brain-scale training step with the continuous adjoint (time, peak memory).
+4. peers (``benchmarks/peers.py``; ``--skip-peers`` skips them): graphode's own model
+   (``BoundDynamics(fly, tau=0.2, bias=0.5)``, ``hex_retina``, an MLP readout) trained by
+   other solvers on the same vector field, from the same initial parameters, images,
+   labels and loss: graphode ``solve`` with ``autodiff`` (the reference gradient),
+   ``checkpoint`` and ``adjoint``; torchode ``AutoDiffAdjoint(Dopri5, IntegralController)``;
+   torchdiffeq ``odeint`` and ``odeint_adjoint`` (dopri5); explicit Euler at dt = 0.02 with
+   backprop through the loop; diffrax (JAX) ``Dopri5`` + ``PIDController`` +
+   ``RecursiveCheckpointAdjoint`` on the same model written in JAX (BCOO matrix), the
+   whole step jitted. Each row: seconds per step (median after a warm-up), f-evals
+   (forward + backward), peak GB, and ``‖g − g_autodiff‖ / ‖g_autodiff‖`` of the first
+   step's gradient over the dynamics' parameters and over the readout's. A missing package
+   or an out-of-memory is a row saying so;
+5. a whole-brain-scale training step with the continuous adjoint (time, peak memory).
 
-Run on the GPU: ``PYTHONPATH=. python benchmarks/bench_gpu.py --out benchmarks/results/bench_gpu_h100.md``
-(the file name names the GPU).
+Run on the GPU: ``PYTHONPATH=. python benchmarks/bench_gpu.py --out benchmarks/results/bench_gpu_h200.md``
+(the file name names the GPU; ``--skip-brain`` leaves out the whole-brain scale).
+Smoke test on the CPU at small size (no whole-brain scale, no peak memory, wall-clock
+timing): ``PYTHONPATH=. python benchmarks/bench_gpu.py --device cpu --extent 2 --batch 16``.
 """
 
 from __future__ import annotations
