@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument("--skip-steps", action="store_true", help="message passing only (no training steps)")
     parser.add_argument("--skip-message-passing", action="store_true", help="training steps only")
     parser.add_argument("--skip-peers", action="store_true", help="without the peer solvers on graphode's field")
+    parser.add_argument("--skip-triton-sweep", action="store_true", help="without the Triton block-shape sweep")
     parser.add_argument("--peer-backend", default="csr", help="graphode's message-passing backend in the peers section")
     parser.add_argument("--peer-repeats", type=int, default=3, help="timed steps per peer (after one warm-up step)")
     parser.add_argument("--out", default=None)
@@ -321,6 +322,7 @@ def main() -> None:
     def emit(line=""):
         print(line, flush=True)
         out.append(line)
+        save()  # a run cut short keeps what it measured
 
     def save():
         if args.out:
@@ -351,7 +353,7 @@ def main() -> None:
         for r in rows:
             emit(f"| {r['scale']} | {r['method']} | {r['fwd_ms']:.3f} | {r['fwd_x_floor']:.1f} | {r['fwdbwd_ms']:.3f} | {r['fwdbwd_x_floor']:.1f} |"
                  f" {r.get('gather_tbs', float('nan')):.2f} |" + (f" {r['note']}" if "note" in r else ""))
-        if device == "cuda" and "triton" in available_backends("cuda"):
+        if device == "cuda" and "triton" in available_backends("cuda") and not args.skip_triton_sweep:
             emit(f"\n## Triton kernel block shapes, fly visual system, B = {args.batch}, relu\n")
             for line in triton_configs(fly, args.batch):
                 emit(line)
