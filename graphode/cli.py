@@ -53,9 +53,9 @@ TRAIN_EXAMPLES = """examples:
   graphode train --connectome edges.csv --weights per_edge --default-sign +1  # one weight per connection
   graphode train --connectome edges.csv --nodes nodes.csv --nt-sign ACH=+1 --nt-sign GABA=-1 --output-types T4,T5
   graphode train --connectome edges.csv --nodes nodes.csv --input-types R1 --readout linear --weights fixed
-  graphode train --out-dir runs/a --epochs 2       # a run to continue:
+  graphode train --out-dir runs/a --epochs 4 --stop-after-epoch 2  # a run to continue:
   graphode train --out-dir runs/a --epochs 4 --resume  # continue runs/a with the options it was started with
-  graphode train --out-dir runs/a --epochs 4 --resume --resume-anyway --lr 0.005  # ... with another learning rate
+  graphode train --out-dir runs/a --epochs 6 --resume --resume-anyway --lr 0.005  # ... longer, another learning rate
 """
 EPILOG = TRAIN_EXAMPLES + """  graphode ablate --train-limit 3000
   graphode info --extent 15

@@ -64,10 +64,10 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 500
     epochs: int = 1
-    lr: float = 1e-2
+    lr: float = 2e-2
     dynamics_lr: float | None = None  # learning rate of synapses, tau and bias (default: lr)
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine: learning rate per step
+    schedule: str = "cosine"  # cosine | constant: learning rate per step
     warmup_steps: int = 0  # linear warm-up from 0 before the schedule
     augment_shift: int = 0  # random translation of training images by up to this many pixels
     device: str = "auto"

@@ -25,8 +25,9 @@ MODEL = {"connectome": SPEC, "hidden": 8, "num_records": 2, "backend": "csr"}
 def _tiny(out_dir, **kw) -> TrainConfig:
     # A fixed backend: "auto" measures again in a resumed process and may pick another
     # backend, equal only up to rounding.
+    # lr and schedule pinned: the resume tests below name them as saved values.
     base = TrainConfig(model=dict(MODEL), dataset="synthetic", train_limit=32, test_limit=16, batch_size=16, epochs=1,
-                       progress=False, out_dir=str(out_dir))
+                       lr=1e-2, schedule="constant", progress=False, out_dir=str(out_dir))
     return replace(base, **kw)
 
 
