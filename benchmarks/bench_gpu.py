@@ -55,6 +55,15 @@ from graphode import solve
 from graphode.connectome.synthetic import random_connectome
 
 
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def timed(fn, repeats: int = 10, warmup: int = 3, device: str = "cuda") -> float:
     """Median milliseconds of ``fn()``: CUDA events on the GPU, ``time.perf_counter`` on the CPU."""
     for _ in range(warmup):
@@ -416,6 +425,7 @@ def main() -> None:
              "graphode's autodiff gradient. Rows that backpropagate through the forward solve have no backward "
              "evaluations; diffrax's count is 6·num_steps + 1 of its forward solve (its backward recomputations "
              "uncounted) and its peak is JAX's since the process started.\n")
+        emit("Versions: " + ", ".join(f"{name} {_version(name)}" for name in ("torchode", "torchdiffeq", "jax", "diffrax")) + "\n")
         for line in peers.peers_table(peer_rows):
             emit(line)
         compile_s = peer_rows[-1][1].get("compile_s")
