@@ -51,6 +51,7 @@ TRAIN_EXAMPLES = """examples:
   graphode train --extent 15 --device cuda --batch-size 256 --train-limit 0 --epochs 6 --schedule cosine
   graphode train --connectome edges.csv --input random --readout linear  # your edge list (pre,post,syn_count)
   graphode train --connectome edges.csv --weights per_edge --default-sign +1  # one weight per connection
+  graphode train --connectome edges.csv --reorder rcm --input random --readout linear  # connected neurons close
   graphode train --connectome edges.csv --nodes nodes.csv --nt-sign ACH=+1 --nt-sign GABA=-1 --output-types T4,T5
   graphode train --connectome edges.csv --nodes nodes.csv --input-types R1 --readout linear --weights fixed
   graphode train --out-dir runs/a --epochs 4 --stop-after-epoch 2  # a run to continue:
@@ -165,6 +166,9 @@ def _add_connectome_args(p: argparse.ArgumentParser, extent_help: str) -> None:
     g.add_argument("--connectome", default="fly_visual_system",
                    help="'fly_visual_system' (built in), 'random', or an edge-list file (CSV/TSV/Parquet/NPZ/PT)")
     g.add_argument("--extent", type=_NONNEGATIVE_INT, default=None, help=extent_help)
+    g.add_argument("--reorder", choices=["rcm", "cell_type"], default=None,
+                   help="renumber the neurons: rcm keeps connected neurons close (faster message passing on a GPU "
+                        "for exports numbered by ids), cell_type groups them by type")
     f = p.add_argument_group("connectome file (--connectome FILE only)")
     f.add_argument("--nodes", metavar="FILE", help="node table: an id column, optionally cell types and transmitters")
     f.add_argument("--pre", metavar="COLUMN", help="presynaptic id column of the edge list (default: detected)")
@@ -302,7 +306,7 @@ def _connectome_spec(args: argparse.Namespace) -> dict:
             raise ValueError(f"--extent: only for the fly visual system, not for the built-in {spec['name']!r}")
         else:
             spec.update(num_nodes=5000, num_edges=100_000)
-        return spec
+        return _with_reorder(spec, args)
     if args.extent is not None:
         raise ValueError(f"--extent: only for the fly visual system, not for a connectome file ({args.connectome})")
     for key in ("input_types", "output_types"):
@@ -324,6 +328,12 @@ def _connectome_spec(args: argparse.Namespace) -> dict:
         spec["nt_signs"] = signs
     normalize = args.normalize or "in_syn"  # raw counts as weights saturate every neuron
     spec["normalize"] = None if normalize == "none" else normalize
+    return _with_reorder(spec, args)
+
+
+def _with_reorder(spec: dict, args: argparse.Namespace) -> dict:
+    if getattr(args, "reorder", None) is not None:
+        spec["reorder"] = args.reorder
     return spec
 
 

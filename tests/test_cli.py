@@ -21,7 +21,7 @@ import torch
 
 from graphode import cli
 from graphode.cli import build_parser, main, train_config_from_args
-from graphode.connectome import build_connectome
+from graphode.connectome import ReorderNeurons, build_connectome
 from graphode.flyvis import fly_visual_system
 from graphode.inputs import random_pixels
 from graphode.models import ConnectomeClassifier
@@ -232,6 +232,16 @@ def test_every_help_and_docstring_example_runs(files, capsys):
             assert history and all(math.isfinite(h["train_loss"]) and math.isfinite(h["test_loss"]) for h in history)
     out = capsys.readouterr().out
     assert "resumed from" in out and '"neurons": 48' in out
+
+
+def test_reorder_is_saved_in_the_spec_and_rebuilds_the_renumbered_graph(files, tmp_path):
+    argv = ["train", "--connectome", "edges.csv", "--reorder", "rcm", "--input", "random", "--readout", "linear",
+            *FAST, "--out-dir", "run"]
+    assert main(argv) == 0
+    spec = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model_config"]["connectome"]
+    assert spec["reorder"] == "rcm"
+    plain = build_connectome({k: v for k, v in spec.items() if k != "reorder"})
+    assert torch.equal(build_connectome(spec).original_index, ReorderNeurons("rcm")(plain).original_index)
 
 
 def test_file_options_are_saved_and_rebuild_the_graph(files, tmp_path):

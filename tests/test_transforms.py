@@ -575,3 +575,20 @@ def test_reorder_refuses_what_it_cannot_order():
         reverse_cuthill_mckee(g.edge_index, 0)
     with pytest.raises(ConnectomeFormatError, match=r"outside \[0, 5\)"):
         reverse_cuthill_mckee(g.edge_index, 5)
+
+
+def test_a_connectome_spec_reorders_after_building():
+    """``"reorder"`` in a spec gives the built graph renumbered by ReorderNeurons, the same
+    as applying the transform by hand; another value type is an error naming the key."""
+    from graphode.connectome import build_connectome
+
+    spec = {"name": "fly_visual_system", "extent": 1}
+    built = build_connectome({**spec, "reorder": "rcm"})
+    expected = ReorderNeurons("rcm")(fly_visual_system(1))
+    assert sorted(built.keys()) == sorted(expected.keys())
+    for key in expected.keys():
+        a, b = built[key], expected[key]
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, key
+    assert not torch.equal(built.original_index, torch.arange(built.num_nodes))
+    with pytest.raises(ValueError, match="reorder must be 'rcm' or 'cell_type'"):
+        build_connectome({**spec, "reorder": 3})

@@ -4,7 +4,8 @@ A model's config names its connectome by a spec instead of holding the graph, so
 saved model rebuilds it: ``{"name": "fly_visual_system", "extent": 4}``, ``{"name":
 "random", "num_nodes": ..., "num_edges": ...}`` or ``{"path": "edges.csv", **load_connectome
 options}``, each optionally with ``"shuffle": seed`` (a degree-preserving shuffle, the
-ablation control).
+ablation control) and ``"reorder": "rcm"`` or ``"cell_type"`` (the neurons renumbered by
+:class:`~graphode.connectome.transforms.ReorderNeurons`, after any shuffle).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch_geometric.data import Data
 
 from .load import load_connectome
 from .synthetic import random_connectome
-from .transforms import DegreePreservingShuffle
+from .transforms import DegreePreservingShuffle, ReorderNeurons
 
 __all__ = ["build_connectome", "connectome_spec", "CONNECTOME_NAMES"]
 
@@ -48,6 +49,9 @@ def build_connectome(spec: dict[str, Any]) -> Data:
     """
     spec = dict(spec)
     shuffle = spec.pop("shuffle", None)
+    reorder = spec.pop("reorder", None)
+    if reorder is not None and not isinstance(reorder, str):
+        raise ValueError(f"reorder must be 'rcm' or 'cell_type' in a connectome spec, got {reorder!r}")
     if "path" in spec:
         data = load_connectome(spec.pop("path"), **spec)
     else:
@@ -64,4 +68,6 @@ def build_connectome(spec: dict[str, Any]) -> Data:
             raise ValueError(f"unknown connectome {given!r}: use one of {known}, or a path")
     if shuffle is not None:
         data = DegreePreservingShuffle(seed=int(shuffle))(data)
+    if reorder is not None:
+        data = ReorderNeurons(reorder)(data)
     return data
