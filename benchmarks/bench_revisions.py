@@ -93,11 +93,11 @@ def main() -> None:
         return
     if not args.baseline or not all((b / "graphode" / "__init__.py").exists() for b in args.baseline):
         p.error("--baseline must name folders with a graphode package inside (see the module docs)")
-    revisions = {b.name: b.resolve() for b in args.baseline}
-    if len(revisions) != len(args.baseline):
-        p.error("--baseline folders must have different names (the rows are named by them)")
+    revisions = {b.resolve().name: b.resolve() for b in args.baseline}
+    if len(revisions) != len(args.baseline) or "this checkout" in revisions:
+        p.error("--baseline folders must have different names, other than 'this checkout' (the rows are named by them)")
     revisions["this checkout"] = ROOT
-    first = args.baseline[0].name
+    first = args.baseline[0].resolve().name
     results = {(name, g): [] for g in args.gradient for name in revisions}
     for r in range(args.rounds):
         for (name, gradient), runs in results.items():

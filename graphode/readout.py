@@ -80,7 +80,8 @@ class CellTypeNorm(nn.Module):
         count = torch.bincount(group, minlength=num_groups).clamp_min(1).to(activity.dtype)[None, :, None]
         mean = activity.new_zeros(b, num_groups, r).index_add_(1, group, activity) / count
         # index_select, not [:, group]: its backward is an index_add_, where indexing's is a
-        # sort-based index_put_ (profiled: 2.3 ms per training step at full scale)
+        # sort-based index_put_ (profiled: 2.3 ms per training step at full scale); on CUDA its
+        # atomics may round differently between runs (see torch.use_deterministic_algorithms)
         mean = mean.index_select(1, group)
         centred = activity - mean
         var = activity.new_zeros(b, num_groups, r).index_add_(1, group, centred.square()) / count

@@ -181,7 +181,9 @@ class SynapseWeights(nn.Module):
             self.project_()
             return sign * self.theta.index_select(0, edge_type) * scaled
         # index_select, not [edge_type]: its backward is one index_add_, where indexing's is a
-        # sort-based index_put_ (2.2 ms per training step at 1.5M synapses on an H200, profiled)
+        # sort-based index_put_ (2.2 ms per training step at 1.5M synapses on an H200, profiled).
+        # On CUDA index_add_ sums with atomics, so the gradient's rounding may differ between
+        # runs; torch.use_deterministic_algorithms(True) makes it deterministic.
         return sign * F.softplus(self.theta).index_select(0, edge_type) * scaled
 
     @torch.no_grad()

@@ -440,7 +440,11 @@ def test_reorder_keeps_the_graph(order, kind):
     out = ReorderNeurons(order)(g)
     validate_connectome(out)
     orig = out.original_index
-    assert sorted(orig.tolist()) == list(range(8))
+    # the requested permutation itself, not merely a consistent one
+    expected = {"rcm": lambda: reverse_cuthill_mckee(g.edge_index, 8),
+                "cell_type": lambda: torch.sort(g.cell_type, stable=True).indices}
+    want = order if isinstance(order, torch.Tensor) else expected[order]()
+    assert orig.tolist() == want.tolist()
     # per neuron: every attribute follows its neuron; ids map to the new indices
     for key in ("cell_type", "input_mask", "output_mask", "node_size", "region", "big", "x"):
         assert torch.equal(out[key], g[key][orig]), key
@@ -558,6 +562,8 @@ def test_reordered_dynamics_equal_the_original_permuted():
     ([0, 1, 2], "3 entries for N = 8"),
     ([0, 1, 2, 3, 4, 5, 6, 8], r"out of range \[0, 8\)"),
     ([0, 1, 2, 3, 4, 5, 6, 6], "not a permutation: indices 6 repeated"),
+    (None, r"order must be 'rcm', 'cell_type' or a permutation \(LongTensor \[N\] or a sequence of ints\), got None"),
+    (3, "got 3"),
 ])
 def test_reorder_bad_order(order, message):
     with pytest.raises(ConnectomeFormatError, match=message):
@@ -592,3 +598,20 @@ def test_a_connectome_spec_reorders_after_building():
     assert not torch.equal(built.original_index, torch.arange(built.num_nodes))
     with pytest.raises(ValueError, match="reorder must be 'rcm' or 'cell_type'"):
         build_connectome({**spec, "reorder": 3})
+
+
+def test_original_index_is_a_layout_key():
+    """A node-table column named original_index stays a column (node_original_index), and
+    validate_connectome refuses an original_index that cannot be the old indices."""
+    import pandas as pd
+
+    edges = pd.DataFrame({"pre": [1, 2], "post": [2, 3], "syn_count": [1.0, 2.0]})
+    nodes = pd.DataFrame({"id": [1, 2, 3], "original_index": [0.5, 7.25, 9.0]})
+    g = load_connectome(edges, nodes=nodes, default_sign=1)
+    assert "original_index" not in g and g.node_original_index.tolist() == [0.5, 7.25, 9.0]
+    for bad, message in [(torch.tensor([0.0, 1.0, 2.0]), "torch.int64"), (torch.tensor([0, 0, 1]), "distinct"),
+                         (torch.tensor([-1, 0, 1]), "distinct indices >= 0")]:
+        h = g.clone()
+        h.original_index = bad
+        with pytest.raises(ConnectomeFormatError, match=message):
+            validate_connectome(h)

@@ -80,6 +80,6 @@ _RESERVED_KEYS = frozenset(
         "edge_index", "syn_count", "sign", "syn_weight", "edge_type", "edge_type_names",
         "num_nodes", "cell_type", "cell_type_names", "node_id", "node_names",
         "input_mask", "output_mask", "x", "y", "pos", "batch", "ptr", "edge_attr",
-        "edge_weight", "face", "time",
+        "edge_weight", "face", "time", "original_index",
     }
 )

@@ -26,7 +26,9 @@
     input_mask      BoolTensor  [N]     from ``input_types=`` / ``output_types=``;
     output_mask     BoolTensor  [N]     all False otherwise.
     original_index  LongTensor  [N]     optional: after ``ReorderNeurons``, the index
-                                        each neuron had before the renumbering.
+                                        each neuron had before the renumbering (>= 0,
+                                        unique; in a PyG ``Batch`` offset per graph,
+                                        as PyG offsets every key holding "index").
     <column>        Float/Long/Bool     every other node-table column [N]: floats as
                     Tensor [N]          FloatTensor (missing values NaN), integers as
                                         LongTensor (exact), booleans as BoolTensor,
@@ -183,7 +185,8 @@ def validate_connectome(data: Data) -> None:
     ``output_mask``, ``x``, ``pos``, ``original_index``: N) present; ``syn_count`` (finite, >= 0), ``sign``
     (+-1) and ``syn_weight`` (finite) FloatTensors [E]; when present, ``edge_type``
     LongTensor [E], ``cell_type`` / ``node_id`` LongTensor [N], ``input_mask`` /
-    ``output_mask`` BoolTensor [N], codes within their name lists, gap junctions
+    ``output_mask`` BoolTensor [N], ``original_index`` LongTensor [N] of distinct indices
+    >= 0, codes within their name lists, gap junctions
     (:func:`check_gap_junctions`); last, ``edge_index`` sorted by (target, source) without
     duplicates.  Messages name the PyG transform that
     likely did the damage and the graphode transform to use instead
@@ -227,6 +230,11 @@ def validate_connectome(data: Data) -> None:
     _check_tensor(data, "cell_type", torch.long, n, "N")
     _check_codes(data, "cell_type", "cell_type_names")
     _check_tensor(data, "node_id", torch.long, n, "N")
+    original = _check_tensor(data, "original_index", torch.long, n, "N")
+    if original is not None and original.numel() and (
+            bool((original < 0).any()) or torch.unique(original).numel() != original.numel()):
+        raise ConnectomeFormatError("original_index must hold distinct indices >= 0 (the old index of each "
+                                    "neuron, as ReorderNeurons writes it)")
     for key in ("input_mask", "output_mask"):
         _check_tensor(data, key, torch.bool, n, "N")
     try:

@@ -544,7 +544,11 @@ class ReorderNeurons(_LayoutTransform):
                                             f"{', '.join(map(repr, ORDERS))} or a permutation LongTensor [N]")
         else:
             if not isinstance(order, Tensor):
-                order = list(order)
+                try:
+                    order = list(order)
+                except TypeError:
+                    raise ConnectomeFormatError(f"ReorderNeurons: order must be 'rcm', 'cell_type' or a permutation "
+                                                f"(LongTensor [N] or a sequence of ints), got {order!r}") from None
                 order = torch.as_tensor(order) if order else torch.zeros(0, dtype=torch.long)
             if order.dim() != 1 or order.dtype not in (torch.long, torch.int32):
                 raise ConnectomeFormatError(f"ReorderNeurons: order must be 'rcm', 'cell_type' or a LongTensor "
