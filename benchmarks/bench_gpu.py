@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torchode as to
 
 import peers  # benchmarks/peers.py, beside this script
-from peers import sync
+from timing import sync, timed  # benchmarks/timing.py, beside this script
 from graphode._atomic import atomic_write
 from graphode.dynamics import BoundDynamics
 from graphode.flyvis import fly_visual_system
@@ -62,28 +62,6 @@ def _version(package: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def timed(fn, repeats: int = 10, warmup: int = 3, device: str = "cuda") -> float:
-    """Median milliseconds of ``fn()``: CUDA events on the GPU, ``time.perf_counter`` on the CPU."""
-    for _ in range(warmup):
-        fn()
-    sync(torch.device(device))
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def copy_bandwidth(device: str = "cuda") -> float:

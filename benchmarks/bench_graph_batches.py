@@ -19,6 +19,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timing import sync  # benchmarks/timing.py, beside this script
 
 from graphode import ConnectomeDynamics, GraphODEClassifier, NodeDrive, PooledReadout, random_connectome
 from torch_geometric.loader import DataLoader
@@ -38,11 +39,6 @@ def graphs(count: int, lo: int, hi: int, seed: int = 0) -> list:
         del data.cell_type_names
         out.append(data)
     return out
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:

@@ -25,42 +25,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import statistics
 import time
 
 import torch
 from tqdm.auto import tqdm
 
+from timing import sync, timed  # benchmarks/timing.py, beside this script
+
 from graphode._atomic import atomic_write
 from graphode.connectome import ReorderNeurons, random_connectome
 from graphode.flyvis import fly_visual_system
 from graphode.layer import ConnectomeConv, SparseGraph, available_backends
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn()``: CUDA events on a GPU, the wall clock on the CPU."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def span(data) -> tuple[int, float]:
@@ -106,7 +81,7 @@ def message_passing(data, batch: int, device: torch.device, backends: list[str],
             conv(x, graph, w).sum().backward()
 
         try:
-            out[backend] = (timed(forward, device, repeats), timed(forward_backward, device, max(repeats // 2, 3)))
+            out[backend] = (timed(forward, device, repeats, warmup=2), timed(forward_backward, device, max(repeats // 2, 3), warmup=2))
         except torch.OutOfMemoryError:
             out[backend] = (float("nan"), float("nan"))
         gc.collect()

@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 import torchode
 from torch import Tensor
+from timing import sync  # benchmarks/timing.py, beside this script
 
 from graphode import solvers
 from graphode._atomic import atomic_write
@@ -156,11 +157,6 @@ class Case:
     controller: Adaptive | FixedStep
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step(model: ConnectomeClassifier, images: Tensor, labels: Tensor, **options) -> dict:
     """One training step's forward and backward with solver ``options``: the recorded states
     ``[B, T, N]``, logits ``[B, C]``, the gradients (all parameters, dynamics only, flat),
@@ -168,14 +164,14 @@ def step(model: ConnectomeClassifier, images: Tensor, labels: Tensor, **options)
     device = images.device
     model.zero_grad(set_to_none=True)
     with counting_vjps() as vjps:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         sol = model.simulate(images, **options)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         logits = model.readout(sol.ys, model.output_mask, model.cell_type, model.pos)
         F.cross_entropy(logits, labels).backward()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     grad = torch.cat([torch.zeros_like(p).flatten() if p.grad is None else p.grad.flatten() for p in params])

@@ -55,17 +55,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from timing import sync  # benchmarks/timing.py, beside this script
+
 from graphode import solve
 from graphode.dynamics import BoundDynamics
 from graphode.inputs import hex_retina
 
 DYNAMICS_PARAMETERS = ("synapses.theta", "tau_raw", "bias")  # the order of the gradient vectors
 EULER_DT = 0.02
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _empty_cache(device: torch.device) -> None:

@@ -14,6 +14,7 @@ from graphode import solve
 from graphode.solvers import Adaptive, Dopri5, Euler, FixedStep, Heun, Tsit5
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_solvers.py"
+sys.path.insert(0, str(_PATH.parent))  # its sibling module timing.py, as when run as a script
 _spec = importlib.util.spec_from_file_location("bench_solvers", _PATH)
 bench = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("bench_solvers", bench)  # dataclasses look their module up there
