@@ -346,7 +346,6 @@ def main() -> None:
                 emit(line)
 
     if args.skip_steps:
-        save()
         return
     # Training steps at fly scale.
     b = args.batch
@@ -411,7 +410,6 @@ def main() -> None:
             emit(f"\ndiffrax: the jitted step compiled in {compile_s:.1f} s (not in its time per step).")
         del problem
         peers._empty_cache(images.device)
-        save()
 
     if not skip_brain:
         del rows
@@ -432,7 +430,6 @@ def main() -> None:
             except torch.OutOfMemoryError:
                 emit(f"| {gradient} | {backend} | out of memory | | |")
             torch.cuda.empty_cache()
-    save()
     print(json.dumps({"done": True}))
 
 
