@@ -103,6 +103,15 @@ def _is_codes(value) -> bool:
     return isinstance(value, Tensor) and value.dtype == torch.long and value.dim() == 1
 
 
+def _as_tensor(values: Tensor | Iterable[int]) -> Tensor:
+    """``values`` as a tensor: a sequence of ints as torch makes it, an empty one as int64
+    (raises TypeError when ``values`` is not iterable)."""
+    if isinstance(values, Tensor):
+        return values
+    values = list(values)
+    return torch.as_tensor(values) if values else torch.zeros(0, dtype=torch.long)
+
+
 def _take(value, index: Tensor):
     if isinstance(value, Tensor):
         return value[index.to(value.device)]
@@ -190,9 +199,7 @@ class Subgraph(_LayoutTransform):
     def __init__(self, nodes: Tensor | Iterable[int], recode: bool = False,
                  node_keys: Iterable[str] = (), edge_keys: Iterable[str] = ()):
         super().__init__(recode, node_keys, edge_keys)
-        if not isinstance(nodes, Tensor):
-            nodes = list(nodes)
-            nodes = torch.as_tensor(nodes) if nodes else torch.zeros(0, dtype=torch.long)
+        nodes = _as_tensor(nodes)
         if nodes.dim() != 1 or nodes.dtype not in (torch.bool, torch.long, torch.int32):
             raise ConnectomeFormatError(f"Subgraph: nodes must be a BoolTensor [N] or a LongTensor [K] "
                                         f"of node indices, got {nodes.dtype} {list(nodes.shape)}")
@@ -543,13 +550,11 @@ class ReorderNeurons(_LayoutTransform):
                 raise ConnectomeFormatError(f"ReorderNeurons: unknown order {order!r}; choose from "
                                             f"{', '.join(map(repr, ORDERS))} or a permutation LongTensor [N]")
         else:
-            if not isinstance(order, Tensor):
-                try:
-                    order = list(order)
-                except TypeError:
-                    raise ConnectomeFormatError(f"ReorderNeurons: order must be 'rcm', 'cell_type' or a permutation "
-                                                f"(LongTensor [N] or a sequence of ints), got {order!r}") from None
-                order = torch.as_tensor(order) if order else torch.zeros(0, dtype=torch.long)
+            try:
+                order = _as_tensor(order)
+            except TypeError:
+                raise ConnectomeFormatError(f"ReorderNeurons: order must be 'rcm', 'cell_type' or a permutation "
+                                            f"(LongTensor [N] or a sequence of ints), got {order!r}") from None
             if order.dim() != 1 or order.dtype not in (torch.long, torch.int32):
                 raise ConnectomeFormatError(f"ReorderNeurons: order must be 'rcm', 'cell_type' or a LongTensor "
                                             f"[N] permutation, got {order.dtype} {list(order.shape)}")
