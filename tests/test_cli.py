@@ -28,8 +28,9 @@ from graphode.models import ConnectomeClassifier
 from graphode.training import RESUME_FREE_MODEL_OPTIONS, RESUME_FREE_OPTIONS, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--extent", "1", "--dataset", "synthetic", "--lr", "0.01", "--schedule", "constant", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
-        "--hidden", "8", "--num-records", "2", "--backend", "csr", "--no-progress"]
+TINY = ["--extent", "1", "--dataset", "synthetic", "--lr", "0.01", "--schedule", "constant", "--train-limit", "32",
+        "--test-limit", "16", "--batch-size", "16", "--hidden", "8", "--num-records", "2", "--backend", "csr",
+        "--no-progress"]
 
 
 def _one_error_line(err: str) -> str:
@@ -167,8 +168,8 @@ def test_help_documents_resume_and_what_may_differ(capsys):
 
 
 # -- a connectome file of one's own ------------------------------------------------------------
-FAST = ["--dataset", "synthetic", "--schedule", "constant", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16", "--hidden", "8",
-        "--num-records", "2", "--backend", "csr", "--no-progress", "--device", "cpu"]
+FAST = ["--dataset", "synthetic", "--schedule", "constant", "--train-limit", "32", "--test-limit", "16",
+        "--batch-size", "16", "--hidden", "8", "--num-records", "2", "--backend", "csr", "--no-progress", "--device", "cpu"]
 TYPES = ("R1", "L1", "T4", "T5")
 
 
